@@ -1,0 +1,51 @@
+"""Command line: `runner run CONFIG.yaml [--set a.b=c ...]` (also `python -m runner`).
+
+One small module per command; heavy imports happen inside the command so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from runner.cli import run as run_command
+from runner.errors import RunnerError
+
+COMMANDS = {"run": run_command}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runner", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in COMMANDS.items():
+        module.add_parser(sub)
+    return parser
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The RunnerError behind Ray's wrappers (RayTaskError keeps it as .cause / __cause__)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, RunnerError):
+            return err
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command].execute(args)
+    except KeyboardInterrupt:
+        print("interrupted: output written so far is kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - every failure becomes one line unless --debug
+        if args.debug:
+            raise
+        cause = root_cause(err) or err
+        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return getattr(cause, "exit_code", 1)

@@ -1,0 +1,29 @@
+"""`runner run`: run a job described by a YAML config."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="run a generation job")
+    p.add_argument("config", help="job config (YAML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a config value, e.g. --set sampling.max_new_tokens=64")
+    p.add_argument("--output", help="output directory (same as --set output.path=DIR)")
+    p.add_argument("--overwrite", action="store_true", help="replace the runner's own output files in the output directory")
+    p.add_argument("--max-error-rate", type=float, default=None, metavar="F",
+                   help="fail (exit 1) when more than this fraction of rows end in error")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def execute(args: argparse.Namespace) -> int:
+    from jobs.generate import run
+    from runner.config import load_config
+    from runner.summary import one_line
+
+    overrides = list(args.overrides) + ([f"output.path={args.output}"] if args.output else [])
+    cfg = load_config(args.config, overrides)
+    summary = run(cfg, overwrite=args.overwrite, max_error_rate=args.max_error_rate)
+    print(one_line(summary, cfg.output.path))
+    return 0

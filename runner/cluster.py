@@ -1,0 +1,101 @@
+"""Orchestration on Ray: connect, decide the replica pool, run the stage with Ray Data.
+
+The shape follows Ray Data LLM's batch processor: a dataset of prompts, `map_batches` over a
+fixed-size actor pool where each actor holds its GPUs and loads the model once, results streamed
+back. Ray does the scheduling, retries and GPU assignment (it sets CUDA_VISIBLE_DEVICES per actor);
+this module only translates the config into Ray's terms.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from runner.config import JobConfig, PlacementConfig, RayConfig
+from runner.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The replica pool Ray Data will run: how many actors, and what each holds."""
+
+    replicas: int
+    gpus_per_replica: int
+    cpus_per_replica: float
+
+
+def connect(cfg: RayConfig) -> None:
+    """Join a cluster (address) or start a local Ray bound to 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    if cfg.address:
+        ray.init(address=cfg.address, log_to_driver=False)
+        return
+    ray.init(
+        num_cpus=cfg.num_cpus,
+        num_gpus=cfg.num_gpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        configure_logging=False,
+    )
+
+
+def gpus_per_node() -> list[int]:
+    """GPU count of each alive node."""
+    import ray
+
+    return [int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
+
+
+def plan_pool(placement: PlacementConfig, node_gpus: list[int]) -> Pool:
+    """Replicas and per-replica resources for this cluster; ConfigError when it cannot fit."""
+    total, largest = sum(node_gpus), max(node_gpus, default=0)
+    k = placement.gpus_per_replica
+    if total == 0:
+        log.info("the cluster has no GPUs: running %s CPU replica(s)", placement.replicas or 1)
+        return Pool(placement.replicas or 1, 0, placement.cpus_per_replica)
+    if k > largest:
+        raise ConfigError(
+            f"placement.gpus_per_replica: {k} GPUs per replica, but the largest node has {largest} "
+            "(a replica's GPUs must be on one node)"
+        )
+    fits = sum(g // k for g in node_gpus) if k else placement.replicas or 1
+    replicas = placement.replicas or fits
+    if replicas > fits:
+        raise ConfigError(f"placement.replicas: {replicas} replicas x {k} GPUs do not fit ({fits} fit)")
+    return Pool(replicas, k, placement.cpus_per_replica)
+
+
+def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
+    # One block per Ray Data batch, so the pool's actors share the work from the first batch on.
+    return [table.slice(i, rows) for i in range(0, table.num_rows, rows)] or [table]
+
+
+def run_stage(table: pa.Table, cfg: JobConfig, pool: Pool) -> Iterator[pa.Table]:
+    """Stream output batches of the generation stage run by the replica pool over `table`."""
+    import ray.data
+
+    from runner.stage import GenerationStage
+
+    rows = cfg.batching.rows_per_task
+    ds = ray.data.from_arrow(_blocks(table, rows))
+    ds = ds.map_batches(
+        GenerationStage,
+        fn_constructor_kwargs={"cfg": cfg},
+        batch_size=rows,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=pool.replicas),
+        num_gpus=pool.gpus_per_replica,
+        num_cpus=pool.cpus_per_replica,
+    )
+    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)

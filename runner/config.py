@@ -1,0 +1,251 @@
+"""Job configuration: pydantic models loaded from YAML plus ``--set a.b=c`` overrides.
+
+Every model forbids unknown keys, so a typo fails with its dotted path instead of being ignored.
+`load_config` is the one entry point; `ConfigError` carries a one-line message naming the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from runner.errors import ConfigError
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class QuantizationConfig(_Strict):
+    """bitsandbytes loading, passed to transformers as a `BitsAndBytesConfig`."""
+
+    mode: Literal["none", "8bit", "4bit"] = Field("none", description="none, LLM.int8() 8-bit or 4-bit")
+    llm_int8_threshold: float = Field(6.0, gt=0, description="8-bit outlier threshold (LLM.int8)")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type")
+    double_quant: bool = Field(True, description="4-bit nested quantization of the scales")
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="4-bit matmul dtype; auto = the model dtype"
+    )
+
+
+class ModelConfig(_Strict):
+    """Which model to load and how."""
+
+    path: str = Field(..., min_length=1, description="local directory, hub id, or demo:tiny-llama")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    tokenizer: str | None = Field(None, description="tokenizer path if not the model's")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto = bfloat16 on GPUs that support it, else float16 on GPU, float32 on CPU"
+    )
+    trust_remote_code: bool = Field(False, description="allow the model repo's own Python code")
+    attention: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
+        "auto", description="auto = flash_attention_2 when usable, else sdpa (reason logged)"
+    )
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+
+
+def parse_size(value: str | int) -> int:
+    """'20GiB' -> bytes. Raises ValueError naming the accepted units."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE_RE.match(str(value))
+    if not match:
+        raise ValueError(f"unreadable size {value!r}: use e.g. 20GiB, 500MB, 64GB")
+    units = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+    units |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    return int(float(match.group(1)) * units[match.group(2).lower()])
+
+
+class PlacementConfig(_Strict):
+    """How replicas map onto the cluster's GPUs."""
+
+    gpus_per_replica: int = Field(1, ge=0, description="GPUs each replica holds; the model is split over them")
+    replicas: int | None = Field(None, ge=1, description="default: cluster GPUs // gpus_per_replica (CPU: 1)")
+    device_map: Literal["auto"] | None = Field(None, description="'auto' splits the model over the replica's GPUs")
+    max_memory: dict[str, str] | None = Field(
+        None, description="per-device cap for device_map=auto, e.g. {0: 20GiB, 1: 20GiB, cpu: 64GiB}"
+    )
+    cpus_per_replica: float = Field(0.5, gt=0, description="Ray CPUs per replica (fractional leaves room for I/O)")
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _check_max_memory(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise ValueError("must be a mapping of device -> size, e.g. {0: 20GiB, cpu: 64GiB}")
+        out = {}
+        for device, size in value.items():
+            key = str(device)
+            if not (key.isdigit() or key in ("cpu", "disk", "mps")):
+                raise ValueError(f"unknown device {device!r}: use GPU indices 0, 1, ... or cpu / disk")
+            parse_size(size)
+            out[key] = str(size)
+        return out
+
+    @model_validator(mode="after")
+    def _gpu_keys_fit(self) -> PlacementConfig:
+        gpu_keys = [int(k) for k in (self.max_memory or {}) if k.isdigit()]
+        if gpu_keys and max(gpu_keys) >= max(self.gpus_per_replica, 1):
+            raise ValueError(
+                f"max_memory names GPU {max(gpu_keys)} but each replica sees only "
+                f"{self.gpus_per_replica} GPU(s) (indices are local to the replica)"
+            )
+        return self
+
+
+class PromptConfig(_Strict):
+    """Where the prompt text comes from: exactly one of column, template, messages_column."""
+
+    column: str | None = Field(None, description="use this column as the prompt")
+    template: str | None = Field(None, description="Jinja template over the row's columns")
+    messages_column: str | None = Field(None, description="list of {role, content}, rendered by the chat template")
+    add_generation_prompt: bool = Field(True, description="chat template: open the assistant turn")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PromptConfig:
+        given = [n for n in ("column", "template", "messages_column") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one of column, template, messages_column (got {given or 'none'})")
+        return self
+
+
+class DataConfig(_Strict):
+    """The input dataset."""
+
+    source: str = Field(..., min_length=1, description="file, directory, glob, save_to_disk dir, or hub name")
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "saved", "hub"] = Field(
+        "auto", description="auto = by extension / directory contents"
+    )
+    split: str = Field("train", description="split for hub datasets and DatasetDict directories")
+    id_column: str | None = Field(None, description="unique row id column; default: ids assigned by position")
+    prompt: PromptConfig = Field(default_factory=lambda: PromptConfig(column="prompt"))
+    carry_columns: list[str] = Field(default_factory=list, description="input columns copied to the output")
+    max_new_tokens_column: str | None = Field(None, description="per-row max_new_tokens column")
+    limit: int | None = Field(None, ge=1, description="only the first N rows")
+    overlong: Literal["error", "truncate_left"] = Field(
+        "error", description="prompt + max_new_tokens over the model's context: error row, or drop oldest tokens"
+    )
+
+
+class SamplingConfig(_Strict):
+    """Decoding parameters (greedy when temperature == 0)."""
+
+    max_new_tokens: int = Field(128, ge=1, description="default new-token limit per row")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 = off")
+    seed: int = Field(0, ge=0, description="sampling seed (runs with the same config are reproducible)")
+    stop: list[str] = Field(default_factory=list, description="stop strings (excluded from the output)")
+    n: int = Field(1, ge=1, description="samples per prompt (generation becomes a list when > 1)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+class BatchingConfig(_Strict):
+    """How a replica groups rows into generate calls."""
+
+    strategy: Literal["auto", "padded", "continuous"] = Field("auto", description="batching strategy")
+    token_budget: int = Field(16384, ge=64, description="max (prompt + new) token positions per batch")
+    max_batch_size: int = Field(64, ge=1, description="max rows per generate call")
+    rows_per_task: int = Field(256, ge=1, description="rows a replica receives per Ray Data batch")
+
+
+class OutputConfig(_Strict):
+    """Where generations go."""
+
+    path: str = Field("outputs/job", min_length=1, description="output directory (local or pyarrow/fsspec URI)")
+    rows_per_file: int = Field(10000, ge=1, description="rows per Parquet file")
+
+
+class RayConfig(_Strict):
+    """Cluster connection. address None starts a local Ray."""
+
+    address: str | None = Field(None, description="'auto', ray://host:port, or None for a local Ray")
+    num_cpus: int | None = Field(None, ge=1, description="local Ray only: CPUs to offer")
+    num_gpus: int | None = Field(None, ge=0, description="local Ray only: GPUs to offer (default: detected)")
+
+
+class JobConfig(_Strict):
+    """A whole generation job."""
+
+    model: ModelConfig
+    data: DataConfig
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    def result_hash(self) -> str:
+        """Hash of the settings that change generations (not output path, placement or Ray address)."""
+        relevant = self.model_dump(include={"model", "data", "sampling"}, mode="json")
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=c`` overrides; values are parsed as YAML scalars (``3``, ``true``, ``[a, b]``)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return tree
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    if first["type"] == "missing":
+        return f"{where}: required field is missing"
+    msg = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    return f"{where}: {msg}{shown}"
+
+
+def build_config(tree: dict) -> JobConfig:
+    """Validate a plain dict into a JobConfig, raising ConfigError with one line."""
+    try:
+        return JobConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> JobConfig:
+    """Read a YAML config (or none) and apply overrides."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    return build_config(apply_overrides(tree, overrides or []))

@@ -1,0 +1,161 @@
+"""Turn a ModelConfig + PlacementConfig into a loaded model and tokenizer.
+
+All the decisions about dtype, attention kernel, bitsandbytes and device maps live here, as pure
+functions of the config and the detected devices, so they are testable without loading anything.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from runner.config import ModelConfig, PlacementConfig, QuantizationConfig
+from runner.demo_model import is_demo, resolve_demo
+from runner.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Devices:
+    """What this process can see."""
+
+    cuda: bool
+    gpu_count: int
+    bf16: bool
+
+    @classmethod
+    def detect(cls) -> Devices:
+        cuda = torch.cuda.is_available()
+        return cls(
+            cuda=cuda,
+            gpu_count=torch.cuda.device_count() if cuda else 0,
+            bf16=cuda and torch.cuda.is_bf16_supported(),
+        )
+
+
+def resolve_dtype(dtype: str, devices: Devices) -> torch.dtype:
+    """auto -> bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU."""
+    if dtype != "auto":
+        return _DTYPES[dtype]
+    if devices.cuda:
+        return torch.bfloat16 if devices.bf16 else torch.float16
+    return torch.float32
+
+
+def flash_attn_missing(devices: Devices, dtype: torch.dtype) -> list[str]:
+    """Reasons FlashAttention-2 cannot run here (empty when it can)."""
+    missing = []
+    if importlib.util.find_spec("flash_attn") is None:
+        missing.append("the flash_attn package is not installed (pip install 'hf-batch-runner[flash]')")
+    if not devices.cuda:
+        missing.append("no CUDA GPU is visible")
+    if dtype not in (torch.float16, torch.bfloat16):
+        missing.append(f"dtype is {str(dtype).removeprefix('torch.')}, FA2 needs float16 or bfloat16")
+    return missing
+
+
+def resolve_attention(choice: str, devices: Devices, dtype: torch.dtype) -> tuple[str, str]:
+    """Pick the attention implementation; returns (implementation, reason)."""
+    missing = flash_attn_missing(devices, dtype)
+    if choice == "flash_attention_2" and missing:
+        raise ConfigError("model.attention: flash_attention_2 cannot run here: " + "; ".join(missing))
+    if choice != "auto":
+        return choice, "set in config"
+    if not missing:
+        return "flash_attention_2", "flash_attn installed, CUDA GPU and half precision present"
+    return "sdpa", "FlashAttention-2 not used: " + "; ".join(missing)
+
+
+def bnb_config(quant: QuantizationConfig, dtype: torch.dtype):
+    """A transformers BitsAndBytesConfig for the quantization section, or None."""
+    if quant.mode == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("model.quantization.mode: bitsandbytes is not installed")
+    if quant.mode == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=quant.llm_int8_threshold)
+    compute = dtype if quant.compute_dtype == "auto" else _DTYPES[quant.compute_dtype]
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.quant_type,
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def device_map_kwargs(placement: PlacementConfig, devices: Devices, quantized: bool) -> dict[str, Any]:
+    """device_map / max_memory for from_pretrained, given the GPUs this replica can see."""
+    max_memory = placement.max_memory
+    if not devices.cuda:
+        if max_memory and any(k.isdigit() for k in max_memory):
+            log.info("no GPU visible: ignoring the GPU entries of placement.max_memory")
+            max_memory = {k: v for k, v in max_memory.items() if not k.isdigit()} or None
+        if placement.device_map == "auto" or max_memory:
+            return {"device_map": "auto", "max_memory": max_memory} if max_memory else {"device_map": "auto"}
+        return {"device_map": "cpu"} if quantized else {}
+    if placement.device_map == "auto" or max_memory or devices.gpu_count > 1:
+        kwargs: dict[str, Any] = {"device_map": "auto"}
+        if max_memory:
+            kwargs["max_memory"] = {int(k) if k.isdigit() else k: v for k, v in max_memory.items()}
+        return kwargs
+    return {"device_map": {"": 0}}
+
+
+def from_pretrained_kwargs(model: ModelConfig, placement: PlacementConfig, devices: Devices) -> dict:
+    """Everything passed to AutoModelForCausalLM.from_pretrained besides the path."""
+    dtype = resolve_dtype(model.dtype, devices)
+    attn, reason = resolve_attention(model.attention, devices, dtype)
+    log.info("attention: %s (%s)", attn, reason)
+    quant = bnb_config(model.quantization, dtype)
+    kwargs = {
+        "dtype": dtype,
+        "attn_implementation": attn,
+        "revision": model.revision,
+        "trust_remote_code": model.trust_remote_code,
+        **device_map_kwargs(placement, devices, quantized=quant is not None),
+    }
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    return kwargs
+
+
+def resolve_path(path: str) -> str:
+    """Demo ids become local directories; everything else is passed to transformers as is."""
+    return resolve_demo(path) if is_demo(path) else path
+
+
+def load_tokenizer(model: ModelConfig):
+    """The tokenizer, left-padded (decoder-only batching), with a pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_path(model.tokenizer or model.path),
+        revision=model.revision,
+        trust_remote_code=model.trust_remote_code,
+    )
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model: ModelConfig, placement: PlacementConfig, devices: Devices | None = None):
+    """Load the model once, as configured, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    devices = devices or Devices.detect()
+    kwargs = from_pretrained_kwargs(model, placement, devices)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(resolve_path(model.path), **kwargs)
+    except OSError as err:
+        raise ConfigError(f"model.path: cannot load {model.path!r}: {str(err).splitlines()[0]}") from None
+    return loaded.eval()

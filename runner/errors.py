@@ -1,0 +1,31 @@
+"""Errors the CLI turns into one-line messages and exit codes."""
+
+
+class RunnerError(Exception):
+    """Base class: a failure the user can act on, shown as one line."""
+
+    exit_code = 1
+
+
+class ConfigError(RunnerError):
+    """The config or an input named by it is wrong; detected before any model loads."""
+
+    exit_code = 2
+
+
+class InputError(RunnerError):
+    """The input dataset is missing, unreadable, or lacks a configured column."""
+
+    exit_code = 2
+
+
+class OutputError(RunnerError):
+    """The output location cannot be used safely."""
+
+    exit_code = 2
+
+
+class JobFailed(RunnerError):
+    """The job ran but did not meet its success criteria (e.g. too many error rows)."""
+
+    exit_code = 1

@@ -1,0 +1,132 @@
+"""The generation stage: a batch of input rows in, a batch of output rows out.
+
+It joins prompt building, tokenization, the engine and the output schema, and is a plain callable
+class: Ray Data runs it as the `map_batches` UDF of each replica, tests and benchmarks call it
+directly. Every input row comes out exactly once; a bad row comes out as an error row.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from runner.config import JobConfig
+from runner.engine import Completion, Engine, Request
+from runner.prompts import PromptBuilder, RowError
+
+RESULT_FIELDS = ["prompt", "generation", "prompt_tokens", "generated_tokens", "finish_reason", "error", "replica"]
+
+
+def result_schema(n: int) -> pa.Schema:
+    """Types of the columns the stage adds (generation and finish_reason are lists when n > 1)."""
+    text = pa.list_(pa.string()) if n > 1 else pa.string()
+    return pa.schema(
+        [
+            ("prompt", pa.string()),
+            ("generation", text),
+            ("prompt_tokens", pa.int64()),
+            ("generated_tokens", pa.int64()),
+            ("finish_reason", text),
+            ("error", pa.string()),
+            ("replica", pa.string()),
+        ]
+    )
+
+
+def replica_label() -> str:
+    """host:pid and the GPUs Ray gave this process (CUDA_VISIBLE_DEVICES)."""
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES") or "-"
+    return f"{socket.gethostname()}:{os.getpid()} gpus={gpus}"
+
+
+@dataclass
+class _Row:
+    id: str
+    prompt: str | None = None
+    request: Request | None = None
+    error: str | None = None
+
+
+class GenerationStage:
+    """Loads the engine once; turns input batches (pyarrow) into output batches."""
+
+    def __init__(self, cfg: JobConfig, engine: Engine | None = None):
+        self.cfg = cfg
+        self.engine = engine or Engine(cfg.model, cfg.sampling, cfg.batching, cfg.placement)
+        self.prompts = PromptBuilder(cfg.data.prompt, self.engine.tokenizer)
+        self.replica = replica_label()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = [self._prepare(row) for row in batch.to_pylist()]
+        requests = [r.request for r in rows if r.request is not None]
+        done = {c.id: c for c in self.engine.generate(requests)}
+        return self._output(batch, rows, done)
+
+    def _prepare(self, row: dict) -> _Row:
+        out = _Row(id=row["id"])
+        prompt = self.prompts.build(row)
+        limit = self._max_new_tokens(row)
+        problem = next((p for p in (prompt, limit) if isinstance(p, RowError)), None)
+        if problem is not None:
+            out.error = problem.reason
+            return out
+        out.prompt = prompt
+        ids = self._tokenize(prompt)
+        ids = self._fit_context(ids, limit)
+        if isinstance(ids, RowError):
+            out.error = ids.reason
+        else:
+            out.request = Request(out.id, ids, limit)
+        return out
+
+    def _max_new_tokens(self, row: dict) -> int | RowError:
+        column = self.cfg.data.max_new_tokens_column
+        value = row.get(column) if column else None
+        if value is None:
+            return self.cfg.sampling.max_new_tokens
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return RowError(f"column {column!r} is {value!r}: max_new_tokens must be a positive integer")
+        return value
+
+    def _tokenize(self, prompt: str) -> list[int]:
+        # A chat template already wrote the special tokens it wants (BOS included).
+        special = self.cfg.data.prompt.messages_column is None
+        return self.engine.tokenizer(prompt, add_special_tokens=special)["input_ids"]
+
+    def _fit_context(self, ids: list[int], limit: int) -> list[int] | RowError:
+        context = self.engine.context_length
+        if context is None or len(ids) + limit <= context:
+            return ids
+        room = context - limit
+        if self.cfg.data.overlong == "truncate_left" and room > 0:
+            return ids[-room:]
+        return RowError(
+            f"prompt has {len(ids)} tokens + max_new_tokens {limit} > model context {context} "
+            "(set data.overlong: truncate_left to keep the last tokens)"
+        )
+
+    def _output(self, batch: pa.Table, rows: list[_Row], done: dict[str, Completion]) -> pa.Table:
+        n = self.cfg.sampling.n
+        columns = {name: [] for name in RESULT_FIELDS}
+        for row in rows:
+            c = done.get(row.id)
+            error = row.error or (c.error if c is not None else "engine returned no result")
+            texts = None if error else (c.texts if n > 1 else c.texts[0])
+            reasons = ["error"] * n if error else c.finish_reasons
+            columns["prompt"].append(row.prompt)
+            columns["generation"].append(texts)
+            columns["prompt_tokens"].append(len(row.request.prompt_ids) if row.request else 0)
+            columns["generated_tokens"].append(c.generated_tokens if c is not None else 0)
+            columns["finish_reason"].append(reasons if n > 1 else reasons[0])
+            columns["error"].append(error)
+            columns["replica"].append(self.replica)
+        keep = ["id", *self.cfg.data.carry_columns]
+        return pa.Table.from_arrays(
+            [*batch.select(keep).columns, *(pa.array(columns[f.name], f.type) for f in result_schema(n))],
+            schema=pa.schema([*batch.select(keep).schema, *result_schema(n)]),
+        )

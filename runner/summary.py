@@ -1,0 +1,87 @@
+"""Job accounting: counts and token totals while output streams in, and the job.json summary."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from runner.config import JobConfig
+
+_LIBRARIES = ["torch", "transformers", "accelerate", "bitsandbytes", "ray", "pyarrow", "datasets", "flash-attn"]
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of the libraries that change results or speed."""
+    out: dict[str, str | None] = {}
+    for name in _LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+@dataclass
+class JobStats:
+    """Running totals over output batches."""
+
+    rows_ok: int = 0
+    rows_error: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    rows_skipped: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, batch: pa.Table) -> None:
+        errors = batch.num_rows - batch.column("error").null_count
+        self.rows_error += errors
+        self.rows_ok += batch.num_rows - errors
+        self.prompt_tokens += int(pc.sum(batch.column("prompt_tokens")).as_py() or 0)
+        self.generated_tokens += int(pc.sum(batch.column("generated_tokens")).as_py() or 0)
+
+    @property
+    def rows(self) -> int:
+        return self.rows_ok + self.rows_error
+
+    @property
+    def wall_s(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def error_rate(self) -> float:
+        return self.rows_error / self.rows if self.rows else 0.0
+
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def build_summary(cfg: JobConfig, stats: JobStats, **extra) -> dict:
+    """The job.json document."""
+    return {
+        "config": cfg.model_dump(mode="json"),
+        "config_hash": cfg.result_hash(),
+        "model": cfg.model.path,
+        "versions": library_versions(),
+        "rows_ok": stats.rows_ok,
+        "rows_error": stats.rows_error,
+        "rows_skipped_already_done": stats.rows_skipped,
+        "prompt_tokens": stats.prompt_tokens,
+        "generated_tokens": stats.generated_tokens,
+        "wall_time_s": round(stats.wall_s, 3),
+        "generated_tokens_per_s": round(stats.tokens_per_s(), 2),
+        **extra,
+    }
+
+
+def one_line(summary: dict, path: str) -> str:
+    """What the CLI prints when a job ends."""
+    return (
+        f"wrote {summary['rows_ok'] + summary['rows_error']} rows to {path} "
+        f"({summary['rows_ok']} ok, {summary['rows_error']} error; "
+        f"{summary['prompt_tokens']} prompt + {summary['generated_tokens']} generated tokens "
+        f"in {summary['wall_time_s']:.1f}s, {summary['generated_tokens_per_s']:.1f} tok/s)"
+    )
