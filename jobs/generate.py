@@ -29,7 +29,9 @@ def check_model_path(path: str) -> None:
     """A model path that is clearly local must exist; hub ids are left to transformers."""
     if is_demo(path):
         if path.split(":", 1)[1] not in SIZES:
-            raise ConfigError(f"model.path: unknown demo model {path!r} (known: demo:{', demo:'.join(SIZES)})")
+            raise ConfigError(
+                f"model.path: unknown demo model {path!r} (known: demo:{', demo:'.join(SIZES)})"
+            )
         return
     local = Path(path).expanduser()
     looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or local.exists()
@@ -82,7 +84,13 @@ def run(cfg: JobConfig, overwrite: bool = False, max_error_rate: float | None = 
     todo, skipped = pending_rows(table, cfg.output.path)
     cluster.connect(cfg.ray)
     pool = cluster.plan_pool(cfg.placement, cluster.gpus_per_node())
-    log.info("%d rows to generate (%d already done), %d replica(s) x %d GPU", todo.num_rows, skipped, pool.replicas, pool.gpus_per_replica)
+    log.info(
+        "%d rows to generate (%d already done), %d replica(s) x %d GPU",
+        todo.num_rows,
+        skipped,
+        pool.replicas,
+        pool.gpus_per_replica,
+    )
     stats = JobStats(rows_skipped=skipped)
     writer = PartWriter(cfg.output.path, cfg.output.rows_per_file)
     with Progress(todo.num_rows) as progress:
@@ -94,5 +102,7 @@ def run(cfg: JobConfig, overwrite: bool = False, max_error_rate: float | None = 
     summary = build_summary(cfg, stats, replicas=pool.replicas, gpus_per_replica=pool.gpus_per_replica)
     write_summary(cfg.output.path, summary)
     if max_error_rate is not None and stats.error_rate > max_error_rate:
-        raise JobFailed(f"{stats.rows_error} of {stats.rows} rows failed ({stats.error_rate:.1%} > --max-error-rate {max_error_rate:.1%})")
+        raise JobFailed(
+            f"{stats.rows_error} of {stats.rows} rows failed ({stats.error_rate:.1%} > --max-error-rate {max_error_rate:.1%})"
+        )
     return summary

@@ -12,6 +12,7 @@ from typing import Any
 import jinja2
 
 from runner.config import PromptConfig
+from runner.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class PromptBuilder:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.template = _ENV.from_string(cfg.template) if cfg.template else None
-        self.variables = template_variables(cfg.template) if cfg.template else set()
+        self.variables = set(template_variables(cfg.template)) if cfg.template else set()
 
     def build(self, row: dict) -> str | RowError:
         """The prompt text for one row, or the reason there is none."""
@@ -76,8 +77,11 @@ def _check_text(text: Any, cfg: PromptConfig) -> str | RowError:
     return text
 
 
-def template_variables(template: str) -> set[str]:
-    """The column names a Jinja template reads."""
-    from jinja2 import meta
-
-    return meta.find_undeclared_variables(_ENV.parse(template))
+def template_variables(template: str) -> list[str]:
+    """Row columns a Jinja template reads (Jinja's own globals such as ``range`` excluded)."""
+    env = jinja2.Environment()
+    try:
+        names = jinja2.meta.find_undeclared_variables(env.parse(template))
+    except jinja2.TemplateSyntaxError as err:
+        raise ConfigError(f"data.prompt.template: invalid Jinja (line {err.lineno}: {err.message})") from None
+    return sorted(names - set(env.globals))

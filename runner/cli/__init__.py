@@ -18,7 +18,7 @@ COMMANDS = {"run": run_command}
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runner", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, module in COMMANDS.items():
+    for module in COMMANDS.values():
         module.add_parser(sub)
     return parser
 
@@ -36,11 +36,16 @@ def root_cause(err: BaseException) -> BaseException:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return COMMANDS[args.command].execute(args)
     except KeyboardInterrupt:
-        print("interrupted: output written so far is kept; run the same command again to resume", file=sys.stderr)
+        print(
+            "interrupted: output written so far is kept; run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
     except Exception as err:  # noqa: BLE001 - every failure becomes one line unless --debug
         if args.debug:

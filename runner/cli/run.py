@@ -8,12 +8,27 @@ import argparse
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run a generation job")
     p.add_argument("config", help="job config (YAML)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override a config value, e.g. --set sampling.max_new_tokens=64")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config value, e.g. --set sampling.max_new_tokens=64",
+    )
     p.add_argument("--output", help="output directory (same as --set output.path=DIR)")
-    p.add_argument("--overwrite", action="store_true", help="replace the runner's own output files in the output directory")
-    p.add_argument("--max-error-rate", type=float, default=None, metavar="F",
-                   help="fail (exit 1) when more than this fraction of rows end in error")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the runner's own output files in the output directory",
+    )
+    p.add_argument(
+        "--max-error-rate",
+        type=float,
+        default=None,
+        metavar="F",
+        help="fail (exit 1) when more than this fraction of rows end in error",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 

@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny Llama model built locally once per session, and small datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def runner_cache(tmp_path_factory) -> Path:
+    """Build demo models into a per-session cache (never the user's ~/.cache)."""
+    cache = tmp_path_factory.mktemp("runner-cache")
+    os.environ["RUNNER_CACHE"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_model(runner_cache) -> str:
+    """Path of the tiny Llama demo model (random weights, trained BPE tokenizer, chat template)."""
+    from runner.demo_model import resolve_demo
+
+    return resolve_demo("demo:tiny-llama")
+
+
+PROMPTS = [
+    "Hello",
+    "Write a short poem about the sea and the sky and everything in between. " * 6,
+    "東京 서울 القاهرة 🚀 naïve café",
+    "What is the capital of France?",
+    "x",
+    "List five prime numbers and explain why each is prime, step by step, with examples. " * 3,
+]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def prompts_file(tmp_path) -> Path:
+    """A JSONL dataset with an id, a prompt, a carried column and a per-row max_new_tokens."""
+    rows = [
+        {"key": f"k{i}", "prompt": p, "topic": f"t{i % 3}", "limit": 4 + (i % 3) * 6}
+        for i, p in enumerate(PROMPTS * 2)
+    ]
+    return write_jsonl(tmp_path / "prompts.jsonl", rows)
