@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jinja2
+import jinja2.meta
 
 from runner.config import PromptConfig
 from runner.errors import ConfigError
