@@ -67,13 +67,19 @@ def parse_size(value: str | int) -> int:
 class PlacementConfig(_Strict):
     """How replicas map onto the cluster's GPUs."""
 
-    gpus_per_replica: int = Field(1, ge=0, description="GPUs each replica holds; the model is split over them")
+    gpus_per_replica: int = Field(
+        1, ge=0, description="GPUs each replica holds; the model is split over them"
+    )
     replicas: int | None = Field(None, ge=1, description="default: cluster GPUs // gpus_per_replica (CPU: 1)")
-    device_map: Literal["auto"] | None = Field(None, description="'auto' splits the model over the replica's GPUs")
+    device_map: Literal["auto"] | None = Field(
+        None, description="'auto' splits the model over the replica's GPUs"
+    )
     max_memory: dict[str, str] | None = Field(
         None, description="per-device cap for device_map=auto, e.g. {0: 20GiB, 1: 20GiB, cpu: 64GiB}"
     )
-    cpus_per_replica: float = Field(0.5, gt=0, description="Ray CPUs per replica (fractional leaves room for I/O)")
+    cpus_per_replica: float = Field(
+        0.5, gt=0, description="Ray CPUs per replica (fractional leaves room for I/O)"
+    )
 
     @field_validator("max_memory", mode="before")
     @classmethod
@@ -107,7 +113,9 @@ class PromptConfig(_Strict):
 
     column: str | None = Field(None, description="use this column as the prompt")
     template: str | None = Field(None, description="Jinja template over the row's columns")
-    messages_column: str | None = Field(None, description="list of {role, content}, rendered by the chat template")
+    messages_column: str | None = Field(
+        None, description="list of {role, content}, rendered by the chat template"
+    )
     add_generation_prompt: bool = Field(True, description="chat template: open the assistant turn")
 
     @model_validator(mode="after")
@@ -132,7 +140,8 @@ class DataConfig(_Strict):
     max_new_tokens_column: str | None = Field(None, description="per-row max_new_tokens column")
     limit: int | None = Field(None, ge=1, description="only the first N rows")
     overlong: Literal["error", "truncate_left"] = Field(
-        "error", description="prompt + max_new_tokens over the model's context: error row, or drop oldest tokens"
+        "error",
+        description="prompt + max_new_tokens over the model's context: error row, or drop oldest tokens",
     )
 
 
@@ -164,7 +173,9 @@ class BatchingConfig(_Strict):
 class OutputConfig(_Strict):
     """Where generations go."""
 
-    path: str = Field("outputs/job", min_length=1, description="output directory (local or pyarrow/fsspec URI)")
+    path: str = Field(
+        "outputs/job", min_length=1, description="output directory (local or pyarrow/fsspec URI)"
+    )
     rows_per_file: int = Field(10000, ge=1, description="rows per Parquet file")
 
 

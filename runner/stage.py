@@ -17,7 +17,15 @@ from runner.config import JobConfig
 from runner.engine import Completion, Engine, Request
 from runner.prompts import PromptBuilder, RowError
 
-RESULT_FIELDS = ["prompt", "generation", "prompt_tokens", "generated_tokens", "finish_reason", "error", "replica"]
+RESULT_FIELDS = [
+    "prompt",
+    "generation",
+    "prompt_tokens",
+    "generated_tokens",
+    "finish_reason",
+    "error",
+    "replica",
+]
 
 
 def result_schema(n: int) -> pa.Schema:

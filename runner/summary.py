@@ -11,7 +11,16 @@ import pyarrow.compute as pc
 
 from runner.config import JobConfig
 
-_LIBRARIES = ["torch", "transformers", "accelerate", "bitsandbytes", "ray", "pyarrow", "datasets", "flash-attn"]
+_LIBRARIES = [
+    "torch",
+    "transformers",
+    "accelerate",
+    "bitsandbytes",
+    "ray",
+    "pyarrow",
+    "datasets",
+    "flash-attn",
+]
 
 
 def library_versions() -> dict[str, str | None]:

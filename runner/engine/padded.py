@@ -122,6 +122,8 @@ class PaddedGenerator:
     def _tokens_through_stop(self, tokens: list[int]) -> list[int]:
         """The shortest prefix whose text contains a stop string (what was really generated)."""
         for k in range(1, len(tokens) + 1):
-            if cut_at_stop(self.tokenizer.decode(tokens[:k], skip_special_tokens=True), self.sampling.stop)[1]:
+            if cut_at_stop(self.tokenizer.decode(tokens[:k], skip_special_tokens=True), self.sampling.stop)[
+                1
+            ]:
                 return tokens[:k]
         return tokens
