@@ -3,19 +3,21 @@
 The shape follows Ray Data LLM's batch processor: a dataset of prompts, `map_batches` over a
 fixed-size actor pool where each actor holds its GPUs and loads the model once, results streamed
 back. Ray does the scheduling, retries and GPU assignment (it sets CUDA_VISIBLE_DEVICES per actor);
-this module only translates the config into Ray's terms.
+this module only translates the config into Ray's terms, and reads back how often replicas restarted.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-from runner.config import JobConfig, PlacementConfig, RayConfig
+from runner.config import JobConfig, PlacementConfig, RayConfig, RetryConfig
 from runner.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,18 @@ def connect(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    main = threading.current_thread() is threading.main_thread()
+    # ray.init replaces the SIGTERM handler with one that exits with code 15; the job's own
+    # handler stops cleanly and exits 143, so it is put back.
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        _init(ray, cfg)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _init(ray, cfg: RayConfig) -> None:
     if cfg.address:
         ray.init(address=cfg.address, log_to_driver=False)
         return
@@ -76,6 +90,46 @@ def plan_pool(placement: PlacementConfig, node_gpus: list[int]) -> Pool:
     return Pool(replicas, k, placement.cpus_per_replica)
 
 
+def replica_remote_args(cfg: RetryConfig) -> dict:
+    """Ray actor options for the replicas: a dead replica is restarted and its batches rerun, boundedly.
+
+    Ray Data's own default is unbounded (-1), which turns a replica that always crashes (a poison
+    batch, a model that cannot fit) into a job that never ends.
+    """
+    return {"max_restarts": cfg.replica_restarts, "max_task_retries": cfg.task_retries}
+
+
+class RestartCounter:
+    """Counts restarts of the replicas this job starts from now on (None when Ray cannot say).
+
+    Read from Ray's actor table in the GCS: it counts every restart, including a replica that died
+    again before returning a row, which the rows' `replica` labels cannot show. The public state
+    API would need the dashboard, which the local Ray here runs without.
+    """
+
+    def __init__(self) -> None:
+        self._before = set(self._replicas() or {})
+
+    def count(self) -> int | None:
+        replicas = self._replicas()
+        if replicas is None:
+            return None
+        return sum(info["NumRestarts"] for key, info in replicas.items() if key not in self._before)
+
+    @staticmethod
+    def _replicas() -> dict | None:
+        try:
+            import ray
+            from ray._private import state
+
+            job = ray.get_runtime_context().job_id
+            actors = state.actors(job_id=job)
+        except Exception as err:  # noqa: BLE001 - Ray Client or a changed private API: unknown, not fatal
+            log.debug("cannot read Ray's actor table: %s", err)
+            return None
+        return {key: info for key, info in actors.items() if "GenerationStage" in info["ActorClassName"]}
+
+
 def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
     # One block per Ray Data batch, so the pool's actors share the work from the first batch on.
     return [table.slice(i, rows) for i in range(0, table.num_rows, rows)] or [table]
@@ -97,5 +151,6 @@ def run_stage(table: pa.Table, cfg: JobConfig, pool: Pool) -> Iterator[pa.Table]
         compute=ray.data.ActorPoolStrategy(size=pool.replicas),
         num_gpus=pool.gpus_per_replica,
         num_cpus=pool.cpus_per_replica,
+        **replica_remote_args(cfg.retries),
     )
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)

@@ -164,10 +164,22 @@ class SamplingConfig(_Strict):
 class BatchingConfig(_Strict):
     """How a replica groups rows into generate calls."""
 
-    strategy: Literal["auto", "padded", "continuous"] = Field("auto", description="batching strategy")
-    token_budget: int = Field(16384, ge=64, description="max (prompt + new) token positions per batch")
-    max_batch_size: int = Field(64, ge=1, description="max rows per generate call")
+    strategy: Literal["auto", "padded", "continuous"] = Field(
+        "auto",
+        description="padded: length-sorted static batches, finished rows leave; continuous: packed, paged KV "
+        "cache, rows join and leave every step; auto: continuous on CUDA GPUs, padded on CPU",
+    )
+    token_budget: int | None = Field(
+        None, ge=64, description="max (prompt + new) token positions in flight; default: from free device memory"
+    )
+    memory_fraction: float = Field(
+        0.8, gt=0, le=0.95, description="share of free device memory (after loading) used when token_budget is unset"
+    )
+    max_batch_size: int = Field(64, ge=1, description="max rows computed together in one forward pass")
     rows_per_task: int = Field(256, ge=1, description="rows a replica receives per Ray Data batch")
+    batches_in_flight: int = Field(
+        2, ge=1, le=16, description="Ray Data batches a replica works on at once, so its device never waits for input"
+    )
 
 
 class OutputConfig(_Strict):
@@ -177,6 +189,17 @@ class OutputConfig(_Strict):
         "outputs/job", min_length=1, description="output directory (local or pyarrow/fsspec URI)"
     )
     rows_per_file: int = Field(10000, ge=1, description="rows per Parquet file")
+
+
+class RetryConfig(_Strict):
+    """How far the job goes to survive replicas that die (crash, OOM kill, lost node)."""
+
+    replica_restarts: int = Field(
+        3, ge=0, description="times Ray restarts a dead replica (model reloaded) before the job fails"
+    )
+    task_retries: int = Field(
+        3, ge=0, description="times a batch whose replica died is run again on a restarted replica"
+    )
 
 
 class RayConfig(_Strict):
@@ -196,10 +219,11 @@ class JobConfig(_Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    retries: RetryConfig = Field(default_factory=RetryConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     def result_hash(self) -> str:
-        """Hash of the settings that change generations (not output path, placement or Ray address)."""
+        """Hash of the settings that change generations (not output path, placement, retries or Ray)."""
         relevant = self.model_dump(include={"model", "data", "sampling"}, mode="json")
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# Keep every Ray the tests start (in this process or a CLI subprocess) on the loopback address:
+# Ray otherwise advertises the machine's routable IP even for a local single-node instance.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def runner_cache(tmp_path_factory) -> Path:

@@ -4,7 +4,8 @@ Layout: ``<out>/part-00000.parquet``, ``part-00001.parquet``, ... and ``<out>/_j
 Each part is written under a dot-prefixed temp name and renamed into place, so readers never
 see a partial file and every part that exists is committed. The summary starts with ``_``
 because pyarrow's (and so pandas') directory discovery skips ``.``/``_`` names but fails on
-any other non-Parquet file such as ``job.json``.
+any other non-Parquet file such as ``job.json``. Those three kinds of names are the runner's own
+files; it never deletes or replaces any other file in the directory.
 """
 
 from __future__ import annotations
@@ -82,6 +83,21 @@ def prepare_output_dir(path: str) -> None:
     for name in _names(fs, root):
         if _TEMP_RE.match(name):  # only our own temp names: never delete a user's file
             fs.delete_file(f"{root}/{name}")
+
+
+def has_parts(path: str) -> bool:
+    """Whether ``path`` holds committed part files."""
+    return bool(_part_numbers(*_filesystem(path)))
+
+
+def error_counts(path: str) -> tuple[int, int]:
+    """(rows, rows with an error) over every committed part: the whole job, all runs together."""
+    fs, root = _filesystem(path)
+    rows = errors = 0
+    for number in _part_numbers(fs, root):
+        column = pq.read_table(f"{root}/{part_name(number)}", columns=["error"], filesystem=fs).column(0)
+        rows, errors = rows + len(column), errors + len(column) - column.null_count
+    return rows, errors
 
 
 def committed_ids(path: str) -> set[str]:
@@ -166,6 +182,19 @@ class PartWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()  # buffered rows are complete results: keep them even if the caller failed
+
+    @staticmethod
+    def remove_parts(path: str) -> list[str]:
+        """Delete the runner's own files in ``path`` (parts, their temp files, the summary); return them.
+
+        Only those exact name patterns go: a user's file next to them, even ``part-1.parquet`` or
+        ``job.json``, is left alone.
+        """
+        fs, root = _filesystem(path)
+        ours = [n for n in _names(fs, root) if _PART_RE.match(n) or _TEMP_RE.match(n) or n == SUMMARY_NAME]
+        for name in ours:
+            fs.delete_file(f"{root}/{name}")
+        return ours
 
     def _flush(self, rows: int) -> None:
         pending = pa.concat_tables(self._buffer)
