@@ -106,10 +106,7 @@ def run(cfg: JobConfig, overwrite: bool = False, max_error_rate: float | None = 
     SIGINT / SIGTERM raise `Interrupted` after committing what is complete; rerunning resumes.
     """
     with StopSignals() as signals:
-        check_model_path(cfg.model.path)
-        table = read_input(cfg.data)
-        prepare_output_dir(cfg.output.path)
-        check_previous_run(cfg, overwrite)
+        table = preflight(cfg, overwrite)
         cluster.connect(cfg.ray)
         pool = cluster.plan_pool(cfg.placement, cluster.gpus_per_node())
         if overwrite:  # only now, so a config that fails its checks destroys nothing
@@ -128,6 +125,15 @@ def run(cfg: JobConfig, overwrite: bool = False, max_error_rate: float | None = 
     return summary
 
 
+def preflight(cfg: JobConfig, overwrite: bool) -> pa.Table:
+    """Every check that needs no cluster: model path, input and its columns, output directory."""
+    check_model_path(cfg.model.path)
+    table = read_input(cfg.data)
+    prepare_output_dir(cfg.output.path)
+    check_previous_run(cfg, overwrite)
+    return table
+
+
 def _generate(
     cfg: JobConfig, pool: cluster.Pool, todo: pa.Table, stats: JobStats, signals: StopSignals
 ) -> dict:
@@ -144,7 +150,7 @@ def _generate(
     writer = PartWriter(cfg.output.path, cfg.output.rows_per_file)
     try:
         with Progress(todo.num_rows) as progress:
-            for batch in cluster.run_stage(todo, cfg, pool) if todo.num_rows else []:
+            for batch in cluster.results(todo, cfg, pool) if todo.num_rows else []:
                 with signals.hold():
                     writer.write(batch)
                 stats.add(batch)

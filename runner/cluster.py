@@ -12,15 +12,20 @@ import logging
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from runner.config import JobConfig, PlacementConfig, RayConfig, RetryConfig
-from runner.errors import ConfigError
+from runner.errors import ConfigError, ReplicaFailed, root_cause
 
 log = logging.getLogger(__name__)
+
+# map_batches takes max_restarts / max_task_retries only as extra Ray remote args, which Ray Data
+# deprecates without a named replacement (yet); the warning would print on every job.
+warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", module="runner.cluster")
 
 
 @dataclass(frozen=True)
@@ -34,19 +39,23 @@ class Pool:
 
 def connect(cfg: RayConfig) -> None:
     """Join a cluster (address) or start a local Ray bound to 127.0.0.1."""
+    if not cfg.address:
+        # A runner-started Ray serves this machine only: keep it on loopback (Ray otherwise
+        # advertises the machine's routable IP). Read by Ray at import, so set before importing it.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     main = threading.current_thread() is threading.main_thread()
-    # ray.init replaces the SIGTERM handler with one that exits with code 15; the job's own
-    # handler stops cleanly and exits 143, so it is put back.
+    # ray.init replaces the SIGTERM handler with one that exits with code 15; a job's own handler
+    # (runner.signals) stops cleanly and exits 143, so it is put back.
     previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
         _init(ray, cfg)
     finally:
-        if previous is not None:
+        if callable(previous):
             signal.signal(signal.SIGTERM, previous)
 
 
@@ -55,6 +64,7 @@ def _init(ray, cfg: RayConfig) -> None:
         ray.init(address=cfg.address, log_to_driver=False)
         return
     ray.init(
+        address="local",  # a fresh local instance, never an unrelated `ray start` cluster on this machine
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus,
         include_dashboard=False,
@@ -122,12 +132,30 @@ class RestartCounter:
             import ray
             from ray._private import state
 
-            job = ray.get_runtime_context().job_id
+            job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
             actors = state.actors(job_id=job)
         except Exception as err:  # noqa: BLE001 - Ray Client or a changed private API: unknown, not fatal
             log.debug("cannot read Ray's actor table: %s", err)
             return None
         return {key: info for key, info in actors.items() if "GenerationStage" in info["ActorClassName"]}
+
+
+def results(table: pa.Table, cfg: JobConfig, pool: Pool) -> Iterator[pa.Table]:
+    """`run_stage`'s output batches; a replica dead beyond its restarts becomes a `ReplicaFailed`."""
+    from ray.exceptions import RayActorError
+
+    try:
+        yield from run_stage(table, cfg, pool)
+    except RayActorError as err:
+        if root_cause(err) is not None:  # the replica raised our own error (e.g. loading the model)
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        retries = cfg.retries
+        raise ReplicaFailed(
+            f"retries: a replica kept dying (replica_restarts={retries.replica_restarts}, "
+            f"task_retries={retries.task_retries} used up): {first} "
+            "Committed output is kept; run the same command to resume."
+        ) from err
 
 
 def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
@@ -141,14 +169,23 @@ def run_stage(table: pa.Table, cfg: JobConfig, pool: Pool) -> Iterator[pa.Table]
 
     from runner.stage import GenerationStage
 
-    rows = cfg.batching.rows_per_task
+    rows, in_flight = cfg.batching.rows_per_task, cfg.batching.batches_in_flight
+    # Several batches per replica, their UDF calls truly concurrent (as Ray Data LLM's
+    # max_concurrent_batches): while one batch is generating, the next is already tokenized and
+    # submitted, so the engine never waits between Ray Data batches. The engine is thread-safe.
+    compute = ray.data.ActorPoolStrategy(
+        size=pool.replicas,
+        max_tasks_in_flight_per_actor=in_flight,
+        max_concurrent_calls_per_actor=in_flight,
+        enable_true_multi_threading=in_flight > 1,
+    )
     ds = ray.data.from_arrow(_blocks(table, rows))
     ds = ds.map_batches(
         GenerationStage,
         fn_constructor_kwargs={"cfg": cfg},
         batch_size=rows,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=pool.replicas),
+        compute=compute,
         num_gpus=pool.gpus_per_replica,
         num_cpus=pool.cpus_per_replica,
         **replica_remote_args(cfg.retries),

@@ -167,18 +167,32 @@ class BatchingConfig(_Strict):
     strategy: Literal["auto", "padded", "continuous"] = Field(
         "auto",
         description="padded: length-sorted static batches, finished rows leave; continuous: packed, paged KV "
-        "cache, rows join and leave every step; auto: continuous on CUDA GPUs, padded on CPU",
+        "cache, rows join and leave every step; auto: continuous, or padded for a model split over devices",
     )
     token_budget: int | None = Field(
-        None, ge=64, description="max (prompt + new) token positions in flight; default: from free device memory"
+        None,
+        ge=64,
+        description="max (prompt + new) token positions in flight; default: from free device memory",
     )
     memory_fraction: float = Field(
-        0.8, gt=0, le=0.95, description="share of free device memory (after loading) used when token_budget is unset"
+        0.8,
+        gt=0,
+        le=0.95,
+        description="share of free device memory (after loading) used when token_budget is unset",
     )
     max_batch_size: int = Field(64, ge=1, description="max rows computed together in one forward pass")
+    max_padding: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="padded: pad positions allowed in a prefill, as a share of its prompt tokens",
+    )
     rows_per_task: int = Field(256, ge=1, description="rows a replica receives per Ray Data batch")
     batches_in_flight: int = Field(
-        2, ge=1, le=16, description="Ray Data batches a replica works on at once, so its device never waits for input"
+        2,
+        ge=1,
+        le=16,
+        description="Ray Data batches a replica works on at once, so its device never waits for input",
     )
 
 

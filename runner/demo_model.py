@@ -21,6 +21,8 @@ SIZES = {
     # name: (hidden, intermediate, layers, heads, kv_heads, vocab)
     "tiny-llama": (128, 256, 2, 4, 2, 1024),
     "small-llama": (512, 1408, 6, 8, 4, 4096),
+    # ~1B parameters in its 16 decoder layers (Llama-3.2-1B-like widths), for scripts/bench.py --gpu
+    "bench-1b": (2048, 8192, 16, 32, 8, 4096),
 }
 
 _CORPUS = """The quick brown fox jumps over the lazy dog. Write a short poem about the sea.

@@ -29,3 +29,18 @@ class JobFailed(RunnerError):
     """The job ran but did not meet its success criteria (e.g. too many error rows)."""
 
     exit_code = 1
+
+
+class ReplicaFailed(JobFailed):
+    """A replica kept dying (crash, OOM kill, lost node) after its restarts were used up."""
+
+
+def root_cause(err: BaseException | None) -> RunnerError | None:
+    """The RunnerError behind Ray's wrappers (RayTaskError keeps it as .cause / __cause__), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, RunnerError):
+            return err
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    return None

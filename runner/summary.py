@@ -1,4 +1,4 @@
-"""Job accounting: counts and token totals while output streams in, and the job.json summary."""
+"""Job accounting: counts and token totals while output streams in, and the `_job.json` summary."""
 
 from __future__ import annotations
 
@@ -69,7 +69,12 @@ class JobStats:
 
 
 def build_summary(cfg: JobConfig, stats: JobStats, **extra) -> dict:
-    """The job.json document."""
+    """The _job.json document.
+
+    `rows_*` count this run; `extra` adds what the job knows: `status` (running, done, failed,
+    interrupted), `replica_restarts`, and `output_rows` / `output_rows_error` over the whole output
+    directory, earlier runs of a resumed job included.
+    """
     return {
         "config": cfg.model_dump(mode="json"),
         "config_hash": cfg.result_hash(),
@@ -93,4 +98,14 @@ def one_line(summary: dict, path: str) -> str:
         f"({summary['rows_ok']} ok, {summary['rows_error']} error; "
         f"{summary['prompt_tokens']} prompt + {summary['generated_tokens']} generated tokens "
         f"in {summary['wall_time_s']:.1f}s, {summary['generated_tokens_per_s']:.1f} tok/s)"
+        + _resume_note(summary)
     )
+
+
+def _resume_note(summary: dict) -> str:
+    notes = []
+    if summary.get("rows_skipped_already_done"):
+        notes.append(f"{summary['rows_skipped_already_done']} rows were already done")
+    if summary.get("replica_restarts"):
+        notes.append(f"{summary['replica_restarts']} replica restart(s)")
+    return f"; {', '.join(notes)}" if notes else ""

@@ -10,7 +10,8 @@ import logging
 import sys
 
 from runner.cli import run as run_command
-from runner.errors import RunnerError
+from runner.errors import root_cause
+from runner.signals import Interrupted
 
 COMMANDS = {"run": run_command}
 
@@ -23,17 +24,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def root_cause(err: BaseException) -> BaseException:
-    """The RunnerError behind Ray's wrappers (RayTaskError keeps it as .cause / __cause__)."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, RunnerError):
-            return err
-        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -41,12 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return COMMANDS[args.command].execute(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # a bare one is Ctrl-C outside a job's signal handling
+        name = str(err) if isinstance(err, Interrupted) else "SIGINT"
         print(
-            "interrupted: output written so far is kept; run the same command again to resume",
+            f"interrupted ({name}): output committed so far is kept; run the same command again to resume",
             file=sys.stderr,
         )
-        return 130
+        return getattr(err, "exit_code", 130)
     except Exception as err:  # noqa: BLE001 - every failure becomes one line unless --debug
         if args.debug:
             raise

@@ -24,12 +24,22 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--max-error-rate",
-        type=float,
+        type=_fraction,
         default=None,
         metavar="F",
-        help="fail (exit 1) when more than this fraction of rows end in error",
+        help="fail (exit 1, after writing the output) when more than this fraction of rows are errors",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1 (got {text})")
+    return value
 
 
 def execute(args: argparse.Namespace) -> int:

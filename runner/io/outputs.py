@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -92,26 +93,29 @@ def has_parts(path: str) -> bool:
 
 def error_counts(path: str) -> tuple[int, int]:
     """(rows, rows with an error) over every committed part: the whole job, all runs together."""
-    fs, root = _filesystem(path)
     rows = errors = 0
-    for number in _part_numbers(fs, root):
-        column = pq.read_table(f"{root}/{part_name(number)}", columns=["error"], filesystem=fs).column(0)
+    for column in _part_columns(path, "error"):
         rows, errors = rows + len(column), errors + len(column) - column.null_count
     return rows, errors
 
 
 def committed_ids(path: str) -> set[str]:
     """Row ids already written to part files under ``path`` (empty if there are none)."""
-    fs, root = _filesystem(path)
     ids: set[str] = set()
+    for column in _part_columns(path, "id"):
+        ids.update(column.to_pylist())
+    return ids
+
+
+def _part_columns(path: str, name: str) -> Iterator[pa.ChunkedArray]:
+    """One column of each committed part, in part order."""
+    fs, root = _filesystem(path)
     for number in _part_numbers(fs, root):
         file = f"{root}/{part_name(number)}"
         try:
-            column = pq.read_table(file, columns=["id"], filesystem=fs).column("id")
+            yield pq.read_table(file, columns=[name], filesystem=fs).column(name)
         except (pa.ArrowException, OSError, KeyError) as err:
-            raise OutputError(f"output.path: cannot read ids from {file}: {err}") from None
-        ids.update(column.to_pylist())
-    return ids
+            raise OutputError(f"output.path: cannot read column '{name}' of {file}: {err}") from None
 
 
 def write_summary(path: str, summary: dict) -> None:
@@ -191,7 +195,10 @@ class PartWriter:
         ``job.json``, is left alone.
         """
         fs, root = _filesystem(path)
-        ours = [n for n in _names(fs, root) if _PART_RE.match(n) or _TEMP_RE.match(n) or n == SUMMARY_NAME]
+        names = _names(fs, root)
+        # The summary goes last: killed half way, the directory still says it is the runner's.
+        ours = [n for n in names if _PART_RE.match(n) or _TEMP_RE.match(n)]
+        ours += [SUMMARY_NAME] if SUMMARY_NAME in names else []
         for name in ours:
             fs.delete_file(f"{root}/{name}")
         return ours

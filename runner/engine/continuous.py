@@ -1,0 +1,208 @@
+"""The continuous strategy: transformers' continuous batching, kept running for the engine's lifetime.
+
+Prompts are packed into one token stream (no padding) over a paged KV cache; at every step finished
+rows leave and waiting rows join. The work is done by transformers' `ContinuousBatchingManager`, which
+runs its own generation thread; this module adds what it lacks for a batch job:
+
+- one persistent manager per engine, fed by every caller: several Ray Data batches in flight on a
+  replica all land in the same running batch, so the device never idles between them;
+- each request's own `max_new_tokens` and EOS ids, and stop strings (streamed, then cancelled);
+- sampling reproducible per row: a logits processor adds keyed Gumbel noise (runner.engine.sampling)
+  after transformers' per-request temperature / top-k / top-p warpers, and the manager takes the argmax;
+- per-sequence attention when flash_attn is missing (runner.engine.paged_attention);
+- an out-of-memory failure of the generation thread is raised to the caller (who splits the batch)
+  and the manager is restarted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from runner.config import BatchingConfig, SamplingConfig
+from runner.engine import paged_attention
+from runner.engine.memory import token_budget
+from runner.engine.processors import sampling_processors
+from runner.engine.sequence import Sequence, Stopper, eos_ids, expand
+from runner.engine.types import Completion, Request
+
+log = logging.getLogger(__name__)
+
+CPU_PAGE_SIZE = 64
+# Tokens per forward on CPU: enough to fill the cores, few enough that decode steps are not held up long.
+CPU_STEP_TOKENS = 512
+
+
+@dataclass
+class _Call:
+    """One `run` call waiting for its sequences."""
+
+    remaining: int
+    done: threading.Event = field(default_factory=threading.Event)
+    errors: dict[str, str] = field(default_factory=dict)
+    out_of_memory: str | None = None
+
+    def finish(self, seq: Sequence, error: str | None) -> None:
+        if error and "out of memory" in error.lower():
+            self.out_of_memory = error
+        elif error:
+            self.errors[seq.request.id] = error
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.done.set()
+
+
+def cb_config(model, batching: BatchingConfig):
+    """transformers' ContinuousBatchingConfig for this device: CUDA sizes itself from free memory."""
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    kwargs = {
+        "max_requests_per_batch": batching.max_batch_size,
+        "max_memory_percent": batching.memory_fraction,
+        # runner.engine.loading already picked FA2 where it can run; never switch a model it kept off FA2.
+        "auto_switch_to_flash": False,
+    }
+    if model.device.type != "cuda":
+        kwargs |= {"page_size": CPU_PAGE_SIZE, "max_batch_tokens": CPU_STEP_TOKENS}
+    if model.device.type != "cuda" or batching.token_budget is not None:
+        # As a padded batch always runs a lone oversized row, the cache always holds one full-context row.
+        context = getattr(model.config, "max_position_embeddings", None) or 0
+        kwargs["num_blocks"] = max(token_budget(batching, model), context) // kwargs.get("page_size", 256) + 1
+    return ContinuousBatchingConfig(**kwargs)
+
+
+def _manager_class():
+    from transformers.generation.continuous_batching import ContinuousBatchingManager
+
+    class DaemonManager(ContinuousBatchingManager):
+        """The manager, with a daemon generation thread: an engine never closed must not hang its process."""
+
+        def start(self) -> None:
+            if self.is_running():
+                return
+            self.background_thread_status.clear()
+            self._generation_thread = threading.Thread(
+                target=self._run_generation_loop, name="continuous-batching", daemon=True
+            )
+            self._generation_thread.start()
+
+    return DaemonManager
+
+
+def build_manager(model, tokenizer, sampling: SamplingConfig, batching: BatchingConfig):
+    """A started continuous batching manager with our sampling processors."""
+    from transformers import GenerationConfig
+
+    if "flash" not in model.config._attn_implementation:
+        paged_attention.install()
+    generation = GenerationConfig(do_sample=False, eos_token_id=-1, pad_token_id=tokenizer.pad_token_id)
+    manager = _manager_class()(model, generation, cb_config(model, batching))
+    if not sampling.greedy:
+        manager.logit_processor = sampling_processors(sampling)
+    manager.start()
+    return manager
+
+
+class ContinuousGenerator:
+    """Feeds requests from any number of threads into one running continuous batching manager."""
+
+    def __init__(self, model, tokenizer, sampling: SamplingConfig, batching: BatchingConfig):
+        self.sampling = sampling
+        self.eos = sorted(eos_ids(tokenizer, model)) or [-1]
+        self.stopper = Stopper(tokenizer, set(self.eos) - {-1}, sampling.stop)
+        self.manager = build_manager(model, tokenizer, sampling, batching)
+        self._pending: dict[str, tuple[Sequence, _Call]] = {}
+        self._lock = threading.Lock()
+        self._restart_lock = threading.Lock()
+        self._ids = itertools.count()
+        self._closed = False
+        self._router = threading.Thread(target=self._route, name="continuous-router", daemon=True)
+        self._router.start()
+
+    def plan(self, requests: list[Request]) -> list[list[Request]]:
+        """All at once: the manager schedules, packs and refills by itself."""
+        return [requests] if requests else []
+
+    def run(self, requests: list[Request]) -> list[Completion]:
+        """Complete requests (in request order); raises OutOfMemoryError if the device ran out."""
+        seqs = expand(requests, self.sampling)
+        call = _Call(remaining=len(seqs))
+        for seq in seqs:
+            self._submit(seq, call)
+        call.done.wait()
+        if call.out_of_memory:
+            raise torch.OutOfMemoryError(call.out_of_memory)
+        done = self.stopper.completions(requests, seqs, self.sampling.n)
+        return [Completion.failed(c.id, call.errors[c.id]) if c.id in call.errors else c for c in done]
+
+    def close(self) -> None:
+        """Stop the generation thread and release the KV cache."""
+        self._closed = True
+        self.manager.stop(block=True, timeout=30)
+        self.manager.destroy()
+
+    def _submit(self, seq: Sequence, call: _Call) -> None:
+        request_id = str(next(self._ids))
+        with self._lock:
+            self._pending[request_id] = (seq, call)
+        while self._add(request_id, seq) is None:
+            self._restart()  # the manager stopped taking requests: it failed and is shutting down
+
+    def _add(self, request_id: str, seq: Sequence) -> str | None:
+        extra = {} if self.sampling.greedy else {"sample_key": seq.key}
+        return self.manager.add_request(
+            seq.request.prompt_ids,
+            request_id=request_id,
+            max_new_tokens=seq.request.max_new_tokens,
+            eos_token_id=self.eos,
+            streaming=bool(self.sampling.stop),
+            **extra,
+        )
+
+    def _restart(self) -> None:
+        with self._restart_lock:
+            status = self.manager.background_thread_status
+            if self.manager.is_running() and status.can_accept_new_requests() is None:
+                return  # another caller restarted it already
+            log.warning("continuous batching manager stopped (%s): restarting it", status.fatal_error)
+            thread = self.manager._generation_thread
+            if thread is not None:
+                thread.join(timeout=60)
+            self.manager.start()
+
+    def _route(self) -> None:
+        """Hand every output of the manager to the sequence it belongs to (runs in its own thread)."""
+        while not self._closed:
+            output = self.manager.get_result(timeout=0.1)
+            if output is None:
+                self._revive()
+                continue
+            with self._lock:
+                entry = self._pending.get(output.request_id)
+            if entry is not None:
+                self._update(output, *entry)
+
+    def _revive(self) -> None:
+        # A request added while the manager was failing can sit in its queue with nobody to restart it.
+        if self._pending and not self.manager.is_running() and not self._closed:
+            self._restart()
+        time.sleep(0.01)
+
+    def _update(self, output, seq: Sequence, call: _Call) -> None:
+        seq.tokens = list(output.generated_tokens)
+        if output.error is not None or output.is_finished():
+            self._finish(output.request_id, seq, call, output.error)
+        elif self.stopper.has_stop(seq.tokens):
+            self.manager.cancel_request(output.request_id)
+            self._finish(output.request_id, seq, call, None)
+
+    def _finish(self, request_id: str, seq: Sequence, call: _Call, error: str | None) -> None:
+        with self._lock:
+            self._pending.pop(request_id, None)
+        seq.finished = True
+        call.finish(seq, error)

@@ -1,0 +1,77 @@
+"""A preallocated KV cache for the padded decode loop, where a finished row gives its slot back at once.
+
+transformers' `DynamicCache` grows by `torch.cat` at every step (copying the whole cache each time)
+and drops rows with `batch_select_indices` (another full copy). Here each layer holds one buffer
+[rows, kv_heads, capacity, head_dim] allocated once: a step writes its new column in place, and a
+finished row is removed by moving the last live row into its slot, so the live rows are always the
+first `rows` of the buffer and the model reads them as a plain view. Row order changes on removal;
+`DecodeLoop` applies the same moves to its own row list.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+class SlotLayer(DynamicLayer):
+    """One layer's keys and values in a fixed-capacity buffer."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.rows = 0
+        self.length = 0
+
+    def fill(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Start from prefilled (left-padded) keys and values [rows, kv_heads, length, head_dim]."""
+        rows, heads, length, dim = keys.shape
+        self._k = keys.new_zeros(rows, heads, self.capacity, dim)
+        self._v = values.new_zeros(rows, heads, self.capacity, dim)
+        self._k[:, :, :length] = keys
+        self._v[:, :, :length] = values
+        self.dtype, self.device = keys.dtype, keys.device
+        self.rows, self.length, self.is_initialized = rows, length, True
+        self._refresh()
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        new = key_states.shape[-2]
+        self._k[: self.rows, :, self.length : self.length + new] = key_states
+        self._v[: self.rows, :, self.length : self.length + new] = value_states
+        self.length += new
+        self._refresh()
+        return self.keys, self.values
+
+    def remove(self, slot: int) -> None:
+        """Drop a row: the last live row moves into its slot."""
+        last = self.rows - 1
+        if slot != last:
+            self._k[slot, :, : self.length] = self._k[last, :, : self.length]
+            self._v[slot, :, : self.length] = self._v[last, :, : self.length]
+        self.rows = last
+        self._refresh()
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def _refresh(self) -> None:
+        self.keys = self._k[: self.rows, :, : self.length]
+        self.values = self._v[: self.rows, :, : self.length]
+
+
+class SlotCache(DynamicCache):
+    """A `DynamicCache` whose layers are `SlotLayer`s: in-place appends, O(one row) removals."""
+
+    def __init__(self, model_config, capacity: int):
+        super().__init__(config=model_config)
+        self.layers = [SlotLayer(capacity) for _ in self.layers]
+
+    def fill(self, prefilled: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Load every layer from prefilled (keys, values)."""
+        for layer, (keys, values) in zip(self.layers, prefilled, strict=True):
+            layer.fill(keys, values)
+
+    def remove(self, slot: int) -> None:
+        for layer in self.layers:
+            layer.remove(slot)
