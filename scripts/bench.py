@@ -16,7 +16,7 @@ generated tokens but the last, over the token positions the model computed),
 peak memory (CUDA: max allocated; CPU: peak RSS of the process tree), wall time, and the share of rows
 whose text equals the baseline's.
 
-CPU default (about 4 minutes on 2 cores): demo small-llama in fp32, 112 prompts of 16-1024 tokens,
+CPU default (about 3 minutes on 2 cores): demo small-llama in fp32, 128 prompts of 16-1024 tokens,
 8-128 new tokens each: the GPU workload's shapes, fewer and shorter so the baseline fits the time.
 --gpu: demo bench-1b (~1B parameters) in bf16 on CUDA, 512 prompts of 16-2000 tokens, 8-256 new
 tokens; the Ray contender is skipped when ray is not installed.
@@ -40,10 +40,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODES = {
     "cpu": dict(
-        model="small-llama", dtype="float32", prompts=112, min_len=16, max_len=1024, max_new=128, batch=16
+        model="small-llama",
+        dtype="float32",
+        prompts=128,
+        min_len=16,
+        max_len=1024,
+        max_new=128,
+        batch=16,
+        rows=64,
     ),
     "gpu": dict(
-        model="bench-1b", dtype="bfloat16", prompts=512, min_len=16, max_len=2000, max_new=256, batch=32
+        model="bench-1b",
+        dtype="bfloat16",
+        prompts=512,
+        min_len=16,
+        max_len=2000,
+        max_new=256,
+        batch=32,
+        rows=256,
     ),
 }
 CONTENDERS = ["baseline", "padded", "continuous", "ray-job"]
@@ -257,11 +271,13 @@ def print_table(table: list[dict]) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", action="store_true", help="GPU workload: ~1B model in bf16 on CUDA")
-    p.add_argument("--prompts", type=int, help="number of prompts (CPU 112, GPU 512)")
+    p.add_argument("--prompts", type=int, help="number of prompts (CPU 128, GPU 512)")
     p.add_argument("--max-len", type=int, help="longest prompt in tokens (CPU 1024, GPU 2000)")
     p.add_argument("--max-new", type=int, help="largest per-row max_new_tokens (CPU 128, GPU 256)")
     p.add_argument("--baseline-batch", type=int, help="baseline batch size (CPU 16, GPU 32)")
-    p.add_argument("--max-batch-size", type=int, default=64, help="batching.max_batch_size of our engine")
+    p.add_argument(
+        "--max-batch-size", type=int, help="batching.max_batch_size of our engine (CPU 64, GPU 256)"
+    )
     p.add_argument("--only", nargs="+", choices=CONTENDERS, default=CONTENDERS, help="contenders to run")
     p.add_argument("--seed", type=int, default=0, help="workload seed")
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -282,6 +298,7 @@ def main(argv=None) -> int:
         "max_len": args.max_len,
         "max_new": args.max_new,
         "batch": args.baseline_batch,
+        "rows": args.max_batch_size,
     }
     mode |= {k: v for k, v in overrides.items() if v is not None}
     if args.gpu and not torch.cuda.is_available():
@@ -289,7 +306,7 @@ def main(argv=None) -> int:
         return 2
     model_cfg = ModelConfig(path=f"demo:{mode['model']}", dtype=mode["dtype"])
     rows = make_rows(load_tokenizer(model_cfg), mode, mode["prompts"], args.seed)
-    batching = {"max_batch_size": args.max_batch_size}
+    batching = {"max_batch_size": mode["rows"]}
     results: list[Result] = []
     for name in args.only:
         print(f"running {name} ...", file=sys.stderr, flush=True)

@@ -16,10 +16,12 @@ runs its own generation thread; this module adds what it lacks for a batch job:
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +36,11 @@ from runner.engine.types import Completion, Request
 log = logging.getLogger(__name__)
 
 CPU_PAGE_SIZE = 64
+# Generators not closed yet. Their threads are daemons (an engine nobody closes must not keep its
+# process alive), but a daemon thread still inside torch while the interpreter tears torch down aborts
+# the process: they are stopped at exit, before that teardown.
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
 # Tokens per forward on CPU: enough to fill the cores, few enough that decode steps are not held up long.
 CPU_STEP_TOKENS = 512
 
@@ -123,6 +130,7 @@ class ContinuousGenerator:
         self._closed = False
         self._router = threading.Thread(target=self._route, name="continuous-router", daemon=True)
         self._router.start()
+        _LIVE.add(self)
 
     def plan(self, requests: list[Request]) -> list[list[Request]]:
         """All at once: the manager schedules, packs and refills by itself."""
@@ -140,11 +148,25 @@ class ContinuousGenerator:
         done = self.stopper.completions(requests, seqs, self.sampling.n)
         return [Completion.failed(c.id, call.errors[c.id]) if c.id in call.errors else c for c in done]
 
-    def close(self) -> None:
-        """Stop the generation thread and release the KV cache."""
+    def close(self, hard: bool = False) -> None:
+        """Stop the generation thread (after its work, or at once when hard) and release the KV cache."""
+        if self._closed:
+            return
         self._closed = True
-        self.manager.stop(block=True, timeout=30)
+        _LIVE.discard(self)
+        if self.manager.is_running():
+            self._wait_until_started()
+            self.manager.stop(block=True, timeout=30, hard_stop=hard)
         self.manager.destroy()
+        self._router.join(timeout=5)
+
+    def _wait_until_started(self, timeout: float = 30) -> None:
+        # A thread stopped before it built its batch processor (the KV cache) would do so after the stop.
+        deadline = time.monotonic() + timeout
+        while (
+            self.manager.batch_processor is None and self.manager.is_running() and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
 
     def _submit(self, seq: Sequence, call: _Call) -> None:
         request_id = str(next(self._ids))
@@ -206,3 +228,9 @@ class ContinuousGenerator:
             self._pending.pop(request_id, None)
         seq.finished = True
         call.finish(seq, error)
+
+
+@atexit.register
+def _close_live_generators() -> None:
+    for generator in list(_LIVE):
+        generator.close(hard=True)

@@ -100,7 +100,11 @@ def device_map_kwargs(placement: PlacementConfig, devices: Devices, quantized: b
             log.info("no GPU visible: ignoring the GPU entries of placement.max_memory")
             max_memory = {k: v for k, v in max_memory.items() if not k.isdigit()} or None
         if placement.device_map == "auto" or max_memory:
-            return {"device_map": "auto", "max_memory": dict(max_memory)} if max_memory else {"device_map": "auto"}
+            return (
+                {"device_map": "auto", "max_memory": dict(max_memory)}
+                if max_memory
+                else {"device_map": "auto"}
+            )
         return {"device_map": "cpu"} if quantized else {}
     if placement.device_map == "auto" or max_memory or devices.gpu_count > 1:
         kwargs: dict[str, Any] = {"device_map": "auto"}

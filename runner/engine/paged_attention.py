@@ -58,7 +58,7 @@ def _sequence_loop(query, key, value, kwargs: dict, scaling) -> torch.Tensor:
     """[1, heads, q, d] -> [1, q, heads, d], one SDPA call per packed sequence."""
     cu_q = kwargs["cu_seq_lens_q"].tolist()
     cu_k = kwargs["cu_seq_lens_k"].tolist()
-    out = torch.empty_like(query)
+    out = torch.zeros_like(query)  # positions past the last sequence (graph padding) stay defined
     gqa = key.shape[1] != query.shape[1]
     for q0, q1, k0, k1 in zip(cu_q, cu_q[1:], cu_k, cu_k[1:], strict=False):
         q_len, k_len = q1 - q0, k1 - k0
