@@ -163,6 +163,24 @@ def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
     return [table.slice(i, rows) for i in range(0, table.num_rows, rows)] or [table]
 
 
+REPLICA_START_TIMEOUT_S = 1800
+
+
+def cpu_threads_env(pool: Pool) -> dict | None:
+    """CPU replicas share the cluster's cores for their matmuls.
+
+    Ray sets OMP_NUM_THREADS to a task's CPU reservation (1 for our fractional one), which would leave
+    a CPU replica computing on one core; the reservation is kept small on purpose (Ray Data's own
+    read/write tasks need CPUs too), so the thread count is set from the cores per replica instead.
+    """
+    if pool.gpus_per_replica:
+        return None
+    import ray
+
+    cores = int(ray.cluster_resources().get("CPU", 1))
+    return {"env_vars": {"OMP_NUM_THREADS": str(max(1, cores // pool.replicas))}}
+
+
 def run_stage(table: pa.Table, cfg: JobConfig, pool: Pool) -> Iterator[pa.Table]:
     """Stream output batches of the generation stage run by the replica pool over `table`."""
     import ray.data
@@ -179,6 +197,9 @@ def run_stage(table: pa.Table, cfg: JobConfig, pool: Pool) -> Iterator[pa.Table]
         max_concurrent_calls_per_actor=in_flight,
         enable_true_multi_threading=in_flight > 1,
     )
+    # Dispatch only once every replica has loaded its model: otherwise the first replica up takes the
+    # first batches and the pool starts unbalanced; a pool the cluster cannot hold fails after the wait.
+    ray.data.DataContext.get_current().wait_for_min_actors_s = REPLICA_START_TIMEOUT_S
     ds = ray.data.from_arrow(_blocks(table, rows))
     ds = ds.map_batches(
         GenerationStage,
@@ -188,6 +209,7 @@ def run_stage(table: pa.Table, cfg: JobConfig, pool: Pool) -> Iterator[pa.Table]
         compute=compute,
         num_gpus=pool.gpus_per_replica,
         num_cpus=pool.cpus_per_replica,
+        runtime_env=cpu_threads_env(pool),
         **replica_remote_args(cfg.retries),
     )
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)

@@ -243,13 +243,14 @@ def test_a_row_that_never_fits_becomes_an_error_row(tiny_model, strategy):
         engine.close()
 
 
-def test_auto_is_continuous_on_one_device_and_padded_when_split(engine):
+def test_auto_is_continuous_on_one_gpu_and_padded_on_cpu_or_split(engine):
     assert model_devices(engine.model) == {"cpu"}
-    assert resolve_strategy("auto", devices_in_use=1) == "continuous"
-    assert resolve_strategy("auto", devices_in_use=2) == "padded"
-    assert resolve_strategy("padded", devices_in_use=1) == "padded"
+    assert resolve_strategy("auto", {"cuda:0"}) == "continuous"
+    assert resolve_strategy("auto", {"cpu"}) == "padded"
+    assert resolve_strategy("auto", {"cuda:0", "cuda:1"}) == "padded"
+    assert resolve_strategy("continuous", {"cpu"}) == "continuous"
     with pytest.raises(ValueError, match="known: auto, padded, continuous"):
-        resolve_strategy("ragged", devices_in_use=1)
+        resolve_strategy("ragged", {"cpu"})
 
 
 def test_token_budget_comes_from_config_else_the_device(engine):

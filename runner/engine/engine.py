@@ -27,23 +27,24 @@ STRATEGIES = {"padded": PaddedGenerator, "continuous": ContinuousGenerator}
 def model_devices(model) -> set[str]:
     """The devices a loaded model's weights sit on (several when device_map split it)."""
     placed = getattr(model, "hf_device_map", None) or {"": model.device}
-    return {str(device) for device in placed.values()}
+    # accelerate writes GPU placements as bare indices (0, 1); name them as torch does.
+    return {f"cuda:{d}" if isinstance(d, int) else str(d) for d in placed.values()}
 
 
-def resolve_strategy(name: str, devices_in_use: int) -> str:
-    """auto -> continuous for a model on one device (CPU or one GPU), padded for a model split over several.
+def resolve_strategy(name: str, devices: set[str]) -> str:
+    """auto -> continuous for a model on one CUDA GPU; padded on CPU and for a model split over devices.
 
-    Evidence from scripts/bench.py on 2 CPU cores: handed all rows in one call the two strategies are
-    close (padded 0-20% ahead: its decode reads the KV cache in place, the continuous path gathers it
-    from pages every step). In the Ray job continuous won (52 s against 63 s on 96 rows): the replica's
-    Ray Data batches in flight join one running batch instead of being decoded one after another; and it
-    held up far better when other processes shared the cores (60 s against 212 s on 128 rows). On a GPU,
-    where a step costs about the same for 8 rows as for 256, keeping every step full matters more still.
-    Its paged KV cache lives on the model's first device, though, so a model that device_map spread over
-    several devices runs padded, whose cache follows each layer's device.
+    CPU: scripts/bench.py measured padded ahead of continuous on every quiet run (3.5-4.0x vs
+    3.0-3.7x the baseline, README), because there a step's cost grows with the rows in it, so the
+    padded loop's shrinking batches lose little, while continuous batching pays its scheduler and
+    paged-cache bookkeeping at every step. One GPU: a decode step costs about the same for 8 rows as
+    for 256, so keeping every step full (finished rows replaced at once, prompts packed without
+    padding) is what pays; not yet measured here (no GPU in the sessions so far). Split models: the
+    paged KV cache lives on the model's first device, while padded's cache follows each layer's device.
     """
     if name == "auto":
-        return "continuous" if devices_in_use == 1 else "padded"
+        single_gpu = len(devices) == 1 and next(iter(devices)).startswith("cuda")
+        return "continuous" if single_gpu else "padded"
     if name not in STRATEGIES:
         raise ValueError(f"batching.strategy: unknown {name!r} (known: auto, {', '.join(STRATEGIES)})")
     return name
@@ -65,7 +66,7 @@ class Engine:
         self.model = load_model(model, placement or PlacementConfig(), self.devices)
         self.sampling = sampling
         self.batching = batching or BatchingConfig()
-        self.strategy = resolve_strategy(self.batching.strategy, len(model_devices(self.model)))
+        self.strategy = resolve_strategy(self.batching.strategy, model_devices(self.model))
         self.generator = STRATEGIES[self.strategy](self.model, self.tokenizer, sampling, self.batching)
         log.info(
             "engine ready: %s on %s, strategy %s, %d torch threads",
