@@ -15,17 +15,10 @@ import pyarrow as pa
 
 from runner.config import JobConfig
 from runner.engine import Completion, Engine, Request
+from runner.io.outputs import OUTPUT_COLUMNS
 from runner.prompts import PromptBuilder, RowError
 
-RESULT_FIELDS = [
-    "prompt",
-    "generation",
-    "prompt_tokens",
-    "generated_tokens",
-    "finish_reason",
-    "error",
-    "replica",
-]
+RESULT_FIELDS = OUTPUT_COLUMNS[1:]  # what the stage adds after `id` (and the carried columns)
 
 
 def result_schema(n: int) -> pa.Schema:
