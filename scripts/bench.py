@@ -16,7 +16,7 @@ generated tokens but the last, over the token positions the model computed),
 peak memory (CUDA: max allocated; CPU: peak RSS of the process tree), wall time, and the share of rows
 whose text equals the baseline's.
 
-CPU default (about 3 minutes on 2 cores): demo small-llama in fp32, 128 prompts of 16-1024 tokens,
+CPU default (about 4 minutes on 2 cores): demo small-llama in fp32, 112 prompts of 16-1024 tokens,
 8-128 new tokens each: the GPU workload's shapes, fewer and shorter so the baseline fits the time.
 --gpu: demo bench-1b (~1B parameters) in bf16 on CUDA, 512 prompts of 16-2000 tokens, 8-256 new
 tokens; the Ray contender is skipped when ray is not installed.
@@ -42,7 +42,7 @@ MODES = {
     "cpu": dict(
         model="small-llama",
         dtype="float32",
-        prompts=128,
+        prompts=112,
         min_len=16,
         max_len=1024,
         max_new=128,
@@ -271,7 +271,7 @@ def print_table(table: list[dict]) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", action="store_true", help="GPU workload: ~1B model in bf16 on CUDA")
-    p.add_argument("--prompts", type=int, help="number of prompts (CPU 128, GPU 512)")
+    p.add_argument("--prompts", type=int, help="number of prompts (CPU 112, GPU 512)")
     p.add_argument("--max-len", type=int, help="longest prompt in tokens (CPU 1024, GPU 2000)")
     p.add_argument("--max-new", type=int, help="largest per-row max_new_tokens (CPU 128, GPU 256)")
     p.add_argument("--baseline-batch", type=int, help="baseline batch size (CPU 16, GPU 32)")
