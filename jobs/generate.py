@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from runner import cluster
-from runner.config import JobConfig
+from runner.config import RESULT_SECTIONS, JobConfig
 from runner.demo_model import SIZES, is_demo
 from runner.errors import ConfigError, JobFailed, OutputError
 from runner.io.inputs import read_input
@@ -39,8 +39,6 @@ from runner.signals import Interrupted, StopSignals
 from runner.summary import JobStats, build_summary
 
 log = logging.getLogger(__name__)
-
-_RESULT_SECTIONS = ("model", "data", "sampling")  # what `JobConfig.result_hash` covers
 
 
 def check_model_path(path: str) -> None:
@@ -85,7 +83,7 @@ def _differing_settings(old: dict, new: dict, prefix: str = "") -> list[str]:
         a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differing_settings(a, b, name + ".")
-        elif a != b and name.split(".")[0] in _RESULT_SECTIONS:
+        elif a != b and name.split(".")[0] in RESULT_SECTIONS:
             out.append(name)
     return out
 

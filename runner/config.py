@@ -224,6 +224,10 @@ class RayConfig(_Strict):
     num_gpus: int | None = Field(None, ge=0, description="local Ray only: GPUs to offer (default: detected)")
 
 
+# The sections whose settings change generations: hashed to guard resumes, diffed to explain a refusal.
+RESULT_SECTIONS = ("model", "data", "sampling")
+
+
 class JobConfig(_Strict):
     """A whole generation job."""
 
@@ -238,7 +242,7 @@ class JobConfig(_Strict):
 
     def result_hash(self) -> str:
         """Hash of the settings that change generations (not output path, placement, retries or Ray)."""
-        relevant = self.model_dump(include={"model", "data", "sampling"}, mode="json")
+        relevant = self.model_dump(include=set(RESULT_SECTIONS), mode="json")
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
