@@ -6,7 +6,9 @@ real `torch.OutOfMemoryError` raised by the model's forward when it is handed to
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 
 import pytest
 import torch
@@ -103,6 +105,54 @@ def test_concurrent_callers_each_get_their_own_rows(engine, oracle):
         thread.join(timeout=120)
     for k, part in halves.items():
         assert [c.token_ids[0] for c in results[k]] == [oracle(r.prompt_ids, r.max_new_tokens) for r in part]
+
+
+def test_padded_merges_rows_of_concurrent_callers_into_shared_batches(tiny_model, oracle):
+    """Two Ray Data batches in flight on one replica: the second caller's rows join the first's batches."""
+    batching = BatchingConfig(strategy="padded", token_budget=8192, max_batch_size=4)
+    engine = Engine(ModelConfig(path=tiny_model, dtype="float32"), SamplingConfig(), batching)
+    generator, ran = engine.generator, []
+    first_caller = requests_for(engine, PROMPTS, [5] * len(PROMPTS))
+    second_caller = [dataclasses.replace(r, id=f"b{r.id}") for r in first_caller]
+    run = generator.run
+
+    def recording_run(batch):
+        if not ran:  # hold the first batch until the second caller has queued its rows
+            deadline = time.monotonic() + 60
+            while len(generator._calls) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        ran.append([r.id for r in batch])
+        return run(batch)
+
+    generator.run = recording_run
+    results: dict[str, list] = {}
+    first = threading.Thread(target=lambda: results.update(a=engine.generate(first_caller)))
+    first.start()
+    results["b"] = engine.generate(second_caller)
+    first.join(timeout=120)
+    # Alone, each caller's 6 rows take 2 batches of at most 4 (4 in all); merged, the 8 rows left after
+    # the first batch fill 2 batches, and rows of both callers share one.
+    assert len(ran) == 3 and [len(b) for b in ran] == [4, 4, 4]
+    assert any({i[0] for i in b} == {"r", "b"} for b in ran[1:])
+    for key, requests in (("a", first_caller), ("b", second_caller)):
+        assert [c.id for c in results[key]] == [r.id for r in requests]
+        assert [c.token_ids[0] for c in results[key]] == [oracle(r.prompt_ids, 5) for r in requests]
+
+
+def test_padded_a_failing_batch_fails_its_call_and_the_engine_goes_on(tiny_model, oracle):
+    engine = make_engine(tiny_model, "padded")
+    requests = requests_for(engine, PROMPTS[:2], [3, 3])
+    run = engine.generator.run
+
+    def poisoned(batch):
+        if any(r.id == "r1" for r in batch):
+            raise RuntimeError("kernel failed")
+        return run(batch)
+
+    engine.generator.run = poisoned
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        engine.generate(requests)
+    assert [c.token_ids[0] for c in engine.generate(requests[:1])] == [oracle(requests[0].prompt_ids, 3)]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -28,7 +28,7 @@ import torch
 
 from runner.config import BatchingConfig, SamplingConfig
 from runner.engine import paged_attention
-from runner.engine.memory import token_budget
+from runner.engine.memory import split_on_oom, token_budget
 from runner.engine.processors import sampling_processors
 from runner.engine.sequence import Sequence, Stopper, eos_ids, expand
 from runner.engine.types import Completion, Request
@@ -132,9 +132,9 @@ class ContinuousGenerator:
         self._router.start()
         _LIVE.add(self)
 
-    def plan(self, requests: list[Request]) -> list[list[Request]]:
-        """All at once: the manager schedules, packs and refills by itself."""
-        return [requests] if requests else []
+    def generate(self, requests: list[Request]) -> list[Completion]:
+        """All at once: the manager schedules, packs and refills by itself (out of memory: split)."""
+        return split_on_oom(self.run, requests) if requests else []
 
     def run(self, requests: list[Request]) -> list[Completion]:
         """Complete requests (in request order); raises OutOfMemoryError if the device ran out."""

@@ -15,7 +15,6 @@ import torch
 from runner.config import BatchingConfig, ModelConfig, PlacementConfig, SamplingConfig
 from runner.engine.continuous import ContinuousGenerator
 from runner.engine.loading import Devices, load_model, load_tokenizer
-from runner.engine.memory import split_on_oom
 from runner.engine.padded import PaddedGenerator
 from runner.engine.types import Completion, Request
 
@@ -86,11 +85,11 @@ class Engine:
         return self.tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else []
 
     def generate(self, requests: list[Request]) -> list[Completion]:
-        """Complete every request; results come back in request order. Out-of-memory splits, never drops."""
-        done: dict[str, Completion] = {}
-        for unit in self.generator.plan(requests):
-            done.update((c.id, c) for c in split_on_oom(self.generator.run, unit))
-        return [done[r.id] for r in requests]
+        """Complete every request; results come back in request order. Out-of-memory splits, never drops.
+
+        Safe to call from several threads: each strategy merges concurrent callers' rows into the
+        batches it runs (padded: a shared pool of waiting rows; continuous: one running manager)."""
+        return self.generator.generate(requests)
 
     def close(self) -> None:
         """Stop the strategy's background work (the continuous manager's thread)."""
