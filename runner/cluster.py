@@ -166,19 +166,18 @@ def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
 REPLICA_START_TIMEOUT_S = 1800
 
 
-def cpu_threads_env(pool: Pool) -> dict | None:
-    """CPU replicas share the cluster's cores for their matmuls.
+def cpu_threads(pool: Pool) -> int | None:
+    """Torch threads of a CPU replica: the cluster's cores shared among the replicas (GPU ones: None).
 
-    Ray sets OMP_NUM_THREADS to a task's CPU reservation (1 for our fractional one), which would leave
-    a CPU replica computing on one core; the reservation is kept small on purpose (Ray Data's own
-    read/write tasks need CPUs too), so the thread count is set from the cores per replica instead.
+    A replica's CPU reservation is kept small on purpose (Ray Data's own read/write tasks need CPUs
+    too), so its thread count cannot come from the reservation; the replica caps it at its node's cores.
     """
     if pool.gpus_per_replica:
         return None
     import ray
 
     cores = int(ray.cluster_resources().get("CPU", 1))
-    return {"env_vars": {"OMP_NUM_THREADS": str(max(1, cores // pool.replicas))}}
+    return max(1, cores // pool.replicas)
 
 
 def run_stage(table: pa.Table, cfg: JobConfig, pool: Pool) -> Iterator[pa.Table]:
@@ -203,13 +202,12 @@ def run_stage(table: pa.Table, cfg: JobConfig, pool: Pool) -> Iterator[pa.Table]
     ds = ray.data.from_arrow(_blocks(table, rows))
     ds = ds.map_batches(
         GenerationStage,
-        fn_constructor_kwargs={"cfg": cfg},
+        fn_constructor_kwargs={"cfg": cfg, "cpu_threads": cpu_threads(pool)},
         batch_size=rows,
         batch_format="pyarrow",
         compute=compute,
         num_gpus=pool.gpus_per_replica,
         num_cpus=pool.cpus_per_replica,
-        runtime_env=cpu_threads_env(pool),
         **replica_remote_args(cfg.retries),
     )
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)

@@ -10,13 +10,17 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from runner.config import JobConfig
-from runner.engine import Completion, Engine, Request
+from runner.engine import Completion, Request
 from runner.io.outputs import OUTPUT_COLUMNS
 from runner.prompts import PromptBuilder, RowError
+
+if TYPE_CHECKING:
+    from runner.engine import Engine
 
 RESULT_FIELDS = OUTPUT_COLUMNS[1:]  # what the stage adds after `id` (and the carried columns)
 
@@ -43,6 +47,22 @@ def replica_label() -> str:
     return f"{socket.gethostname()}:{os.getpid()} gpus={gpus}"
 
 
+def set_cpu_threads(share: int) -> int:
+    """Use `share` threads for torch's CPU kernels, at most this process's cores; returns the count.
+
+    Ray starts a worker with OMP_NUM_THREADS set to its CPU reservation (1 for a replica's fractional
+    one), which would leave a CPU replica computing on one core. Set here rather than through a
+    runtime_env: a replica without one can take a worker Ray started in advance (about 1 s sooner).
+    More threads than cores would make OpenMP's threads wait on each other.
+    """
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, min(share, cores))
+    torch.set_num_threads(threads)
+    return threads
+
+
 @dataclass
 class _Row:
     id: str
@@ -54,7 +74,12 @@ class _Row:
 class GenerationStage:
     """Loads the engine once; turns input batches (pyarrow) into output batches."""
 
-    def __init__(self, cfg: JobConfig, engine: Engine | None = None):
+    def __init__(self, cfg: JobConfig, engine: Engine | None = None, cpu_threads: int | None = None):
+        """`cpu_threads`: torch threads for a replica computing on CPU, its share of the node's cores."""
+        from runner.engine import Engine
+
+        if cpu_threads:
+            set_cpu_threads(cpu_threads)
         self.cfg = cfg
         self.engine = engine or Engine(cfg.model, cfg.sampling, cfg.batching, cfg.placement)
         self.prompts = PromptBuilder(cfg.data.prompt, self.engine.tokenizer)

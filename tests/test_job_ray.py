@@ -70,3 +70,11 @@ def test_job_json_records_config_versions_and_totals(ray_two_gpus, prompts_file,
     assert summary["generated_tokens"] == sum(table.column("generated_tokens").to_pylist())
     assert summary["prompt_tokens"] == sum(table.column("prompt_tokens").to_pylist())
     assert summary["rows_ok"] + summary["rows_error"] == table.num_rows
+
+
+def test_cpu_replicas_share_the_cluster_cores_and_gpu_replicas_keep_torch_default(ray_two_gpus):
+    from runner.cluster import Pool, cpu_threads
+
+    assert cpu_threads(Pool(replicas=1, gpus_per_replica=0, cpus_per_replica=0.5)) == 2
+    assert cpu_threads(Pool(replicas=2, gpus_per_replica=0, cpus_per_replica=0.5)) == 1
+    assert cpu_threads(Pool(replicas=2, gpus_per_replica=1, cpus_per_replica=0.5)) is None

@@ -121,3 +121,15 @@ def test_n_samples_give_lists(engine, tiny_model):
     assert (
         stage(table([{"prompt": "Hello"}, {"prompt": "Write a poem"}])).to_pylist() == rows
     )  # same seed, same text
+
+
+def test_cpu_threads_never_exceed_the_cores_of_the_process():
+    from runner.stage import set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_cpu_threads(1) == 1 == torch.get_num_threads()
+        cores = set_cpu_threads(10_000)  # a share computed for a bigger node
+        assert 1 <= cores < 10_000 and torch.get_num_threads() == cores
+    finally:
+        torch.set_num_threads(before)
