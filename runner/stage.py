@@ -48,12 +48,14 @@ def replica_label() -> str:
 
 
 def set_cpu_threads(share: int) -> int:
-    """Use `share` threads for torch's CPU kernels, at most this process's cores; returns the count.
+    """Use `share` threads for the calling thread's torch CPU kernels, at most this process's cores.
 
     Ray starts a worker with OMP_NUM_THREADS set to its CPU reservation (1 for a replica's fractional
-    one), which would leave a CPU replica computing on one core. Set here rather than through a
-    runtime_env: a replica without one can take a worker Ray started in advance (about 1 s sooner).
-    More threads than cores would make OpenMP's threads wait on each other.
+    one), which would leave a CPU replica computing on one core. OpenMP keeps the thread count per
+    thread: a thread Ray creates to run a concurrent batch starts from the environment's 1 whatever
+    another thread set (measured: a matmul loop ran on one core in a threaded actor until set in the
+    calling thread), so the stage sets it in every thread that calls the engine. More threads than
+    cores would make OpenMP's threads wait on each other. Returns the count used.
     """
     import torch
 
@@ -78,17 +80,20 @@ class GenerationStage:
         """`cpu_threads`: torch threads for a replica computing on CPU, its share of the node's cores."""
         from runner.engine import Engine
 
-        if cpu_threads:
-            set_cpu_threads(cpu_threads)
+        self.cpu_threads = set_cpu_threads(cpu_threads) if cpu_threads else None
         self.cfg = cfg
         self.engine = engine or Engine(cfg.model, cfg.sampling, cfg.batching, cfg.placement)
         self.prompts = PromptBuilder(cfg.data.prompt, self.engine.tokenizer)
         self.replica = replica_label()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = [self._prepare(row) for row in batch.to_pylist()]
-        requests = [r.request for r in rows if r.request is not None]
-        done = {c.id: c for c in self.engine.generate(requests)}
+        if self.cpu_threads:  # Ray runs concurrent batches on threads of its own: set in each
+            set_cpu_threads(self.cpu_threads)
+        # Announced before tokenizing: batches in flight on this replica are planned together.
+        with self.engine.announce():
+            rows = [self._prepare(row) for row in batch.to_pylist()]
+            requests = [r.request for r in rows if r.request is not None]
+            done = {c.id: c for c in self.engine.generate(requests)}
         return self._output(batch, rows, done)
 
     def _prepare(self, row: dict) -> _Row:

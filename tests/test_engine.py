@@ -139,6 +139,32 @@ def test_padded_merges_rows_of_concurrent_callers_into_shared_batches(tiny_model
         assert [c.token_ids[0] for c in results[key]] == [oracle(r.prompt_ids, 5) for r in requests]
 
 
+def test_padded_first_batch_waits_for_announced_callers_still_preparing(tiny_model):
+    """A replica's in-flight batches arrive a tokenization apart: the first batch is planned over all."""
+    batching = BatchingConfig(strategy="padded", token_budget=8192, max_batch_size=4)
+    engine = Engine(ModelConfig(path=tiny_model, dtype="float32"), SamplingConfig(), batching)
+    first_caller = requests_for(engine, PROMPTS, [2] * len(PROMPTS))
+    second_caller = [dataclasses.replace(r, id=f"b{r.id}") for r in first_caller]
+    run, ran = engine.generator.run, []
+    engine.generator.run = lambda batch: ran.append([r.id for r in batch]) or run(batch)
+    preparing = threading.Event()
+
+    def slow_second_caller():
+        with engine.announce():
+            preparing.set()
+            time.sleep(0.3)  # still tokenizing when the first caller submits
+            engine.generate(second_caller)
+
+    second = threading.Thread(target=slow_second_caller)
+    second.start()
+    preparing.wait(timeout=30)
+    with engine.announce():
+        engine.generate(first_caller)
+    second.join(timeout=120)
+    assert {i[0] for i in ran[0]} == {"r", "b"}, ran  # the 4 longest of both callers' rows
+    assert len(ran) == 3
+
+
 def test_padded_a_failing_batch_fails_its_call_and_the_engine_goes_on(tiny_model, oracle):
     engine = make_engine(tiny_model, "padded")
     requests = requests_for(engine, PROMPTS[:2], [3, 3])

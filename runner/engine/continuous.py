@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 import weakref
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -87,15 +88,22 @@ def _manager_class():
     from transformers.generation.continuous_batching import ContinuousBatchingManager
 
     class DaemonManager(ContinuousBatchingManager):
-        """The manager, with a daemon generation thread: an engine never closed must not hang its process."""
+        """The manager, with a daemon generation thread (an engine never closed must not hang its
+        process) that computes with as many CPU threads as the thread starting it: OpenMP keeps the
+        count per thread, and a new thread starts from OMP_NUM_THREADS (1 in a Ray replica with a
+        fractional CPU reservation), not from what `torch.set_num_threads` set elsewhere."""
 
         def start(self) -> None:
             if self.is_running():
                 return
             self.background_thread_status.clear()
-            self._generation_thread = threading.Thread(
-                target=self._run_generation_loop, name="continuous-batching", daemon=True
-            )
+            threads = torch.get_num_threads()
+
+            def loop() -> None:
+                torch.set_num_threads(threads)
+                self._run_generation_loop()
+
+            self._generation_thread = threading.Thread(target=loop, name="continuous-batching", daemon=True)
             self._generation_thread.start()
 
     return DaemonManager
@@ -131,6 +139,10 @@ class ContinuousGenerator:
         self._router = threading.Thread(target=self._route, name="continuous-router", daemon=True)
         self._router.start()
         _LIVE.add(self)
+
+    def announce(self) -> AbstractContextManager:
+        """Nothing to wait for: requests join the running batch whenever they come."""
+        return nullcontext()
 
     def generate(self, requests: list[Request]) -> list[Completion]:
         """All at once: the manager schedules, packs and refills by itself (out of memory: split)."""

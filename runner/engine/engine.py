@@ -9,6 +9,7 @@ keeps its model busy with whatever the callers have submitted.
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -90,6 +91,11 @@ class Engine:
         Safe to call from several threads: each strategy merges concurrent callers' rows into the
         batches it runs (padded: a shared pool of waiting rows; continuous: one running manager)."""
         return self.generator.generate(requests)
+
+    def announce(self) -> AbstractContextManager:
+        """Context for a caller that is about to prepare and submit rows from another thread (a Ray
+        Data batch in flight): a strategy that plans batches waits briefly for them (padded)."""
+        return self.generator.announce()
 
     def close(self) -> None:
         """Stop the strategy's background work (the continuous manager's thread)."""

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from runner.config import BatchingConfig, SamplingConfig
@@ -26,10 +28,13 @@ from runner.engine.sampling import Sampler
 from runner.engine.sequence import Stopper, eos_ids, expand
 from runner.engine.types import Completion, Request
 
-# How long the first caller to find the engine idle waits for the other in-flight batches before the
-# first batch is planned (a batch planned over one caller's rows alone mixes every length). Ray Serve's
-# `@serve.batch` has the same knob (`batch_wait_timeout_s`); here it only applies after idleness.
-GATHER_S = 0.05
+# The first caller to find the engine idle waits, at most this long, for callers that announced rows
+# (a replica's other in-flight Ray Data batches, still tokenizing) before the first batch is planned: a batch planned over one
+# caller's few rows mixes every prompt length, and a 20-token row decoding beside a 1,000-token one pays
+# for attention over the long row's padded cache. Callers arrive a tokenization apart (~0.4 s for 28
+# long prompts on the CPU benchmark). Ray Serve's `@serve.batch` has the same knob
+# (`batch_wait_timeout_s`); here it only applies when the engine was idle.
+GATHER_S = 1.0
 
 
 @dataclass(eq=False)
@@ -71,11 +76,25 @@ class PaddedGenerator:
         self._calls: list[_Call] = []  # oldest first
         self._state = threading.Condition()
         self._busy = False  # a thread is running a batch on the model
+        self._announced = 0  # callers preparing or running a call (see `announce`)
 
     def plan(self, requests: list[Request]) -> list[list[Request]]:
         """The batches to run, longest prompts first (each is one unit of out-of-memory retry)."""
         samples = 1 if self.sampling.greedy else self.sampling.n
         return list(plan_batches(requests, self.budget, self.batching.max_batch_size, samples))
+
+    @contextmanager
+    def announce(self) -> Iterator[None]:
+        """Wrap the preparation (tokenizing) and `generate` of a caller's rows, so that a batch planned
+        meanwhile waits for them (at most GATHER_S) instead of running with whoever came first."""
+        with self._state:
+            self._announced += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._announced -= 1
+                self._state.notify_all()
 
     def generate(self, requests: list[Request]) -> list[Completion]:
         """Complete every request (in request order), batched with the rows of concurrent callers.
@@ -86,7 +105,8 @@ class PaddedGenerator:
         call = _Call(requests)
         with self._state:
             self._calls.append(call)
-            gather = not self._busy and self.batching.batches_in_flight > 1
+            self._state.notify_all()  # a caller gathering the in-flight batches counts this one
+            gather = not self._busy
         try:
             while True:
                 with self._state:
@@ -94,8 +114,8 @@ class PaddedGenerator:
                     if call.finished:
                         break
                     self._busy = True
-                    if gather:  # the engine was idle: let the other in-flight batches arrive first
-                        self._state.wait(GATHER_S)
+                    if gather:  # the engine was idle: let the announced callers' rows arrive first
+                        self._state.wait_for(lambda: len(self._calls) >= self._announced, GATHER_S)
                         gather = False
                     batch, owners = self._next_batch()
                 self._run_shared(batch, owners)
