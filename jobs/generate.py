@@ -55,6 +55,20 @@ def check_model_path(path: str) -> None:
         raise ConfigError(f"model.path: {path!r} is not a directory holding a model (no config.json)")
 
 
+def check_demands(cfg: JobConfig) -> None:
+    """On a local Ray the replicas run on this machine: a kernel or quantization the config demands
+    and this machine cannot run fails here, in a second, not in every replica after start-up.
+
+    On a cluster the GPU nodes may have what the driver's machine lacks; there the replica raises
+    the same error. Needs torch, so it is only imported when the config demands something."""
+    demands = cfg.model.attention == "flash_attention_2" or cfg.model.quantization.mode != "none"
+    if cfg.ray.address or not demands:
+        return
+    from runner.engine.loading import check_settings
+
+    check_settings(cfg.model, cfg.placement)
+
+
 def check_previous_run(cfg: JobConfig, overwrite: bool) -> None:
     """Refuse to mix outputs of different configs in one directory, or to touch parts not ours."""
     path = cfg.output.path
@@ -126,6 +140,7 @@ def run(cfg: JobConfig, overwrite: bool = False, max_error_rate: float | None = 
 def preflight(cfg: JobConfig, overwrite: bool) -> pa.Table:
     """Every check that needs no cluster: model path, input and its columns, output directory."""
     check_model_path(cfg.model.path)
+    check_demands(cfg)
     table = read_input(cfg.data)
     prepare_output_dir(cfg.output.path)
     check_previous_run(cfg, overwrite)

@@ -33,6 +33,10 @@ CASES = {  # id: (config changes, what the error line says)
         {"output": {"path": "{tmp}/theirs"}},
         "error: output.path: {tmp}/theirs holds part files but no _job.json",
     ),
+    "FA2 demanded on a CPU machine": (
+        {"model": {"attention": "flash_attention_2"}},
+        "error: model.attention: flash_attention_2 cannot run here: ",
+    ),
     "impossible placement": (
         {"placement": {"gpus_per_replica": 2}, "ray": {"num_gpus": 1, "num_cpus": 1}},
         "error: placement.gpus_per_replica: 2 GPUs per replica, but the largest node has 1",

@@ -132,6 +132,12 @@ def from_pretrained_kwargs(model: ModelConfig, placement: PlacementConfig, devic
     return kwargs
 
 
+def check_settings(model: ModelConfig, placement: PlacementConfig, devices: Devices | None = None) -> None:
+    """Raise the ConfigError that loading would raise for what the config demands (FlashAttention-2,
+    bitsandbytes) on this machine's devices, without loading anything."""
+    from_pretrained_kwargs(model, placement, devices or Devices.detect())
+
+
 def resolve_path(path: str) -> str:
     """Demo ids become local directories; everything else is passed to transformers as is."""
     return resolve_demo(path) if is_demo(path) else path
