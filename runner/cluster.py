@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import threading
 import warnings
@@ -18,8 +19,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from runner import errors
 from runner.config import JobConfig, PlacementConfig, RayConfig, RetryConfig
-from runner.errors import ConfigError, ReplicaFailed, root_cause
+from runner.errors import ConfigError, ReplicaFailed, RunnerError, root_cause
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,9 @@ def results(table: pa.Table, cfg: JobConfig, pool: Pool) -> Iterator[pa.Table]:
     except RayActorError as err:
         if root_cause(err) is not None:  # the replica raised our own error (e.g. loading the model)
             raise
+        raised = replica_error(str(err))
+        if raised is not None:
+            raise raised from err
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         retries = cfg.retries
         raise ReplicaFailed(
@@ -156,6 +161,22 @@ def results(table: pa.Table, cfg: JobConfig, pool: Pool) -> Iterator[pa.Table]:
             f"task_retries={retries.task_retries} used up): {first} "
             "Committed output is kept; run the same command to resume."
         ) from err
+
+
+_RAISED = re.compile(r"^runner\.errors\.(\w+): (.+)$", re.MULTILINE)
+
+
+def replica_error(text: str) -> RunnerError | None:
+    """Our error raised while a replica started (e.g. a kernel its GPU node cannot run), rebuilt from
+    the traceback text Ray's ActorDiedError carries in place of the exception itself."""
+    found = _RAISED.findall(text)
+    if not found:
+        return None
+    name, message = found[-1]
+    kind = getattr(errors, name, None)
+    if not (isinstance(kind, type) and issubclass(kind, RunnerError)):
+        return None
+    return kind(f"{message} (raised by a replica)")
 
 
 def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:

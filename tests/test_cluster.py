@@ -51,3 +51,21 @@ def test_replica_larger_than_any_node_fails_before_work(two_node_cluster, prompt
     ):
         run(cfg)
     assert not list((tmp_path / "out").glob("part-*.parquet"))
+
+
+def test_replica_start_error_reaches_the_driver_as_our_one_line_error(
+    two_node_cluster, prompts_file, tmp_path
+):
+    """On a cluster the driver cannot pre-check the GPU nodes: the replica's own error comes back."""
+    cfg = job_config(
+        prompts_file,
+        tmp_path / "out",
+        model={"attention": "flash_attention_2"},
+        placement={"gpus_per_replica": 2, "cpus_per_replica": 0.25},
+        retries={"replica_restarts": 0},
+        ray={"address": two_node_cluster.address},
+    )
+    with pytest.raises(
+        ConfigError, match=r"^model.attention: flash_attention_2 cannot run here: .*by a replica\)$"
+    ):
+        run(cfg)
