@@ -35,8 +35,8 @@ def resolve_strategy(name: str, devices: set[str]) -> str:
     """auto -> continuous for a model on one CUDA GPU; padded on CPU and for a model split over devices.
 
     CPU: scripts/bench.py measured padded ahead of continuous in most runs (3.4-4.5x vs 3.1-3.5x the
-    baseline, README; continuous ahead in one of five), because there a step's cost grows with the rows in it, so the
-    padded loop's shrinking batches lose little, while continuous batching pays its scheduler and
+    baseline, README; continuous ahead in one of five), because there a step's cost grows with the
+    rows in it, so the padded loop's shrinking batches lose little, while continuous batching pays its scheduler and
     paged-cache bookkeeping at every step. One GPU: a decode step costs about the same for 8 rows as
     for 256, so keeping every step full (finished rows replaced at once, prompts packed without
     padding) is what pays; not yet measured here (no GPU in the sessions so far). Split models: the

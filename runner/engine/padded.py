@@ -8,8 +8,8 @@ rows: each batch is planned over the rows of every caller, so rows of similar le
 Ray Data batches run together instead of each caller sorting only its own few. Ray Data LLM keeps its
 engine busy with `max_concurrent_batches` but leaves the merging to vLLM's scheduler; transformers'
 `generate` has no scheduler, so the padded strategy needs this one (`continuous` merges in
-transformers' manager). Measured on the CPU benchmark's Ray job (4 batches of 28 rows in flight):
-48.4 s with one sorted plan per caller, 31.8 s for the same rows as one batch.
+transformers' manager). Measured on the CPU benchmark's Ray job (4 batches of 28 rows in flight),
+back to back: 48.4 s with one sorted plan per caller, 37.6 s merged.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from runner.engine.sequence import Stopper, eos_ids, expand
 from runner.engine.types import Completion, Request
 
 # The first caller to find the engine idle waits, at most this long, for callers that announced rows
-# (a replica's other in-flight Ray Data batches, still tokenizing) before the first batch is planned: a batch planned over one
-# caller's few rows mixes every prompt length, and a 20-token row decoding beside a 1,000-token one pays
-# for attention over the long row's padded cache. Callers arrive a tokenization apart (~0.4 s for 28
+# (a replica's other in-flight Ray Data batches, still tokenizing) before the first batch is planned:
+# a batch planned over one caller's few rows mixes every prompt length, and a 20-token row decoding
+# beside a 1,000-token one pays for attention over the long row's padded cache. Callers arrive a tokenization apart (~0.4 s for 28
 # long prompts on the CPU benchmark). Ray Serve's `@serve.batch` has the same knob
 # (`batch_wait_timeout_s`); here it only applies when the engine was idle.
 GATHER_S = 1.0
@@ -42,9 +42,10 @@ class _Call:
     """One `generate` call: its rows not yet run, and the results of those that ran."""
 
     requests: list[Request]
-    waiting: list[Request] = field(default_factory=list)
-    done: dict[int, Completion] = field(default_factory=dict)  # by position in `requests`
-    error: BaseException | None = None
+    waiting: list[Request] = field(init=False)  # not yet taken into a batch
+    done: dict[int, Completion] = field(init=False, default_factory=dict)  # by position in `requests`
+    error: BaseException | None = field(init=False, default=None)
+    _position: dict[int, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Rows are told apart by identity: own copies, so a request object passed twice stays two rows.
