@@ -139,15 +139,16 @@ class RestartCounter:
         except Exception as err:  # noqa: BLE001 - Ray Client or a changed private API: unknown, not fatal
             log.debug("cannot read Ray's actor table: %s", err)
             return None
-        return {key: info for key, info in actors.items() if "GenerationStage" in info["ActorClassName"]}
+        # Ray Data names its actor class after the UDF class (MapWorker(MapBatches(GenerationStage))).
+        return {key: info for key, info in actors.items() if "Stage" in info["ActorClassName"]}
 
 
-def results(table: pa.Table, cfg: JobConfig, pool: Pool) -> Iterator[pa.Table]:
+def results(table: pa.Table, cfg: JobConfig, pool: Pool, stage: type | None = None) -> Iterator[pa.Table]:
     """`run_stage`'s output batches; a replica dead beyond its restarts becomes a `ReplicaFailed`."""
     from ray.exceptions import RayActorError
 
     try:
-        yield from run_stage(table, cfg, pool)
+        yield from run_stage(table, cfg, pool, stage)
     except RayActorError as err:
         if root_cause(err) is not None:  # the replica raised our own error (e.g. loading the model)
             raise
@@ -201,11 +202,14 @@ def cpu_threads(pool: Pool) -> int | None:
     return max(1, cores // pool.replicas)
 
 
-def run_stage(table: pa.Table, cfg: JobConfig, pool: Pool) -> Iterator[pa.Table]:
-    """Stream output batches of the generation stage run by the replica pool over `table`."""
+def run_stage(table: pa.Table, cfg: JobConfig, pool: Pool, stage: type | None = None) -> Iterator[pa.Table]:
+    """Stream output batches of `stage` (default: the generation stage, constructed with `cfg=` and
+    `cpu_threads=` on each replica) run by the replica pool over `table`."""
     import ray.data
 
     from runner.stage import GenerationStage
+
+    stage = stage or GenerationStage
 
     rows, in_flight = cfg.batching.rows_per_task, cfg.batching.batches_in_flight
     # Several batches per replica, their UDF calls truly concurrent (as Ray Data LLM's
@@ -224,7 +228,7 @@ def run_stage(table: pa.Table, cfg: JobConfig, pool: Pool) -> Iterator[pa.Table]
     # where from_arrow runs a Ray task for it (a worker to start, ~2 s on a small machine).
     ds = ray.data.from_blocks(_blocks(table, rows))
     ds = ds.map_batches(
-        GenerationStage,
+        stage,
         fn_constructor_kwargs={"cfg": cfg, "cpu_threads": cpu_threads(pool)},
         batch_size=rows,
         batch_format="pyarrow",

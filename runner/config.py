@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -240,9 +240,12 @@ class JobConfig(_Strict):
     retries: RetryConfig = Field(default_factory=RetryConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
+    # A job kind whose config adds result-changing sections (eval's scoring) extends this.
+    result_sections: ClassVar[tuple[str, ...]] = RESULT_SECTIONS
+
     def result_hash(self) -> str:
-        """Hash of the settings that change generations (not output path, placement, retries or Ray)."""
-        relevant = self.model_dump(include=set(RESULT_SECTIONS), mode="json")
+        """Hash of the settings that change results (not output path, placement, retries or Ray)."""
+        relevant = self.model_dump(include=set(self.result_sections), mode="json")
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -89,7 +89,7 @@ def test_device_map_and_max_memory_reach_from_pretrained(tiny_model, monkeypatch
 
 
 def test_missing_local_model_path_names_the_field(tmp_path):
-    from jobs.generate import check_model_path
+    from runner.job import check_model_path
 
     with pytest.raises(ConfigError, match=r"^model.path: .*no config.json"):
         check_model_path(str(tmp_path / "nothing-here"))

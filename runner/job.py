@@ -1,0 +1,178 @@
+"""The lifecycle every job kind shares: preflight, resume, streaming into part files, the summary.
+
+Order of work: everything that can be wrong with the config, the input or the output directory is
+checked before Ray starts or a model loads; then rows already committed by an earlier run of the
+same job are skipped; then output streams into atomic part files as the replicas produce it; the
+summary records how the run ended, always.
+
+A job kind (`jobs/generate.py`, `jobs/eval.py`) supplies what differs: its config, how it reads its
+input rows (a table whose first column is a unique string `id`), and the Ray Data stage class that
+turns input batches into output batches. Everything else lives here once.
+
+Resume is by row id, not Ray Data's checkpointing (`DataContext.checkpoint_config`): Ray's only
+applies to a plan that reads from a datasource and ends in a Ray write sink (elsewhere it is
+silently disabled with a warning), while a job streams output to the driver so that part files are
+committed atomically, one writer, with a summary next to them. Ray's would also need its own
+checkpoint directory on shared storage and write files under names we do not control. Ids give
+exactly-once here: a row is done iff its id is in a committed part.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+
+from runner import cluster
+from runner.config import JobConfig
+from runner.demo_model import SIZES, is_demo
+from runner.errors import ConfigError, JobFailed
+from runner.io.inputs import read_input
+from runner.jobdir import JobDir
+from runner.progress import Progress
+from runner.signals import Interrupted, StopSignals
+from runner.summary import JobStats, build_summary
+
+log = logging.getLogger(__name__)
+
+
+def check_model_path(path: str) -> None:
+    """A model path that is clearly local must exist; hub ids are left to transformers."""
+    if is_demo(path):
+        if path.split(":", 1)[1] not in SIZES:
+            raise ConfigError(
+                f"model.path: unknown demo model {path!r} (known: demo:{', demo:'.join(SIZES)})"
+            )
+        return
+    local = Path(path).expanduser()
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or local.exists()
+    if looks_local and not (local / "config.json").is_file():
+        raise ConfigError(f"model.path: {path!r} is not a directory holding a model (no config.json)")
+
+
+def check_demands(cfg: JobConfig) -> None:
+    """On a local Ray the replicas run on this machine: a kernel or quantization the config demands
+    and this machine cannot run fails here, in a second, not in every replica after start-up.
+
+    On a cluster the GPU nodes may have what the driver's machine lacks; there the replica raises
+    the same error. Needs torch, so it is only imported when the config demands something."""
+    demands = cfg.model.attention == "flash_attention_2" or cfg.model.quantization.mode != "none"
+    if cfg.ray.address or not demands:
+        return
+    from runner.engine.loading import check_settings
+
+    check_settings(cfg.model, cfg.placement)
+
+
+class Job:
+    """One run of a job kind over its input, into `cfg.output.path`.
+
+    `read(cfg)` returns the input rows (first column `id`); `stage` is the Ray Data UDF class the
+    replicas run (constructed with `cfg=`); `summary_extra(job_dir)` adds a kind's own summary fields.
+    """
+
+    def __init__(
+        self,
+        cfg: JobConfig,
+        stage: type | None = None,
+        read: Callable[[JobConfig], pa.Table] | None = None,
+        summary_extra: Callable[[JobDir], dict] | None = None,
+    ):
+        self.cfg = cfg
+        self.stage = stage
+        self.read = read or (lambda c: read_input(c.data))
+        self.summary_extra = summary_extra or (lambda _dir: {})
+        self.dir = JobDir(cfg.output.path)
+
+    def preflight(self, overwrite: bool) -> pa.Table:
+        """Every check that needs no cluster: model path, input and its columns, output directory."""
+        check_model_path(self.cfg.model.path)
+        check_demands(self.cfg)
+        table = self.read(self.cfg)
+        self.dir.prepare()
+        self.dir.check_previous(self.cfg, overwrite)
+        return table
+
+    def run(self, overwrite: bool = False, max_error_rate: float | None = None) -> dict:
+        """Run to completion and return the summary (also written to the directory).
+
+        SIGINT / SIGTERM raise `Interrupted` after committing what is complete; rerunning resumes.
+        """
+        with StopSignals() as signals:
+            table = self.preflight(overwrite)
+            cluster.connect(self.cfg.ray)
+            pool = cluster.plan_pool(self.cfg.placement, cluster.gpus_per_node())
+            if overwrite:  # only now, so a config that fails its checks destroys nothing
+                removed = self.dir.clear()
+                log.info("--overwrite: removed %d file(s) of the previous run", len(removed))
+            todo, skipped = self.dir.pending(table)
+            log.info(
+                "%d rows to do (%d already done), %d replica(s) x %d GPU",
+                todo.num_rows,
+                skipped,
+                pool.replicas,
+                pool.gpus_per_replica,
+            )
+            summary = self._stream(pool, todo, JobStats(rows_skipped=skipped), signals)
+        check_error_rate(summary, max_error_rate)
+        return summary
+
+    def _stream(self, pool: cluster.Pool, todo: pa.Table, stats: JobStats, signals: StopSignals) -> dict:
+        """Stream the stage's output into part files; the summary records how it ended, always."""
+        restarts = cluster.RestartCounter()
+
+        def finish(status: str) -> dict:
+            summary = self._summary(pool, stats, status, restarts.count())
+            with signals.hold():
+                self.dir.write_summary(summary)
+            return summary
+
+        finish("running")  # before the first part: a killed run still says which config wrote them
+        writer = self.dir.writer(self.cfg.output.rows_per_file)
+        try:
+            with Progress(todo.num_rows) as progress:
+                batches = cluster.results(todo, self.cfg, pool, self.stage) if todo.num_rows else []
+                for batch in batches:
+                    with signals.hold():
+                        writer.write(batch)
+                    stats.add(batch)
+                    progress.update(batch.num_rows, stats)
+        except BaseException as err:
+            self._commit_rest(writer, signals)
+            finish("interrupted" if isinstance(err, Interrupted) else "failed")
+            raise
+        self._commit_rest(writer, signals)
+        return finish("done")
+
+    @staticmethod
+    def _commit_rest(writer, signals: StopSignals) -> None:
+        # Buffered rows are finished results: commit them, so a rerun does not redo them.
+        with signals.hold():
+            writer.close()
+
+    def _summary(self, pool: cluster.Pool, stats: JobStats, status: str, restarts: int | None) -> dict:
+        rows, errors = self.dir.counts()
+        return build_summary(
+            self.cfg,
+            stats,
+            status=status,
+            replicas=pool.replicas,
+            gpus_per_replica=pool.gpus_per_replica,
+            replica_restarts=restarts,
+            output_rows=rows,
+            output_rows_error=errors,
+            **self.summary_extra(self.dir),
+        )
+
+
+def check_error_rate(summary: dict, max_error_rate: float | None) -> None:
+    """Over every row in the output, earlier runs of a resumed job included."""
+    rows, errors = summary["output_rows"], summary["output_rows_error"]
+    rate = errors / rows if rows else 0.0
+    if max_error_rate is not None and rate > max_error_rate:
+        raise JobFailed(
+            f"{errors} of {rows} rows failed ({rate:.1%} > --max-error-rate {max_error_rate:.1%}); "
+            "the output is written"
+        )

@@ -1,0 +1,91 @@
+"""A job's output directory: the one home of what its files mean to a job.
+
+The directory is the job's state. `runner.io.outputs` knows how files are written (atomic Parquet
+parts, the summary document); this class knows what they mean for a job of any kind (generate,
+eval): whether the directory may be used, whether an earlier run in it had the same settings,
+which input rows are already done, how many rows and error rows it holds, and what `--overwrite`
+may remove. Job kinds talk to their output only through it.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from runner.config import JobConfig
+from runner.errors import OutputError
+from runner.io import outputs
+
+
+class JobDir:
+    """The output directory of one job (local path or pyarrow filesystem URI)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def prepare(self) -> None:
+        """Create it, check it is writable and remove temp files a crash left (ours only)."""
+        outputs.prepare_output_dir(self.path)
+
+    def check_previous(self, cfg: JobConfig, overwrite: bool) -> None:
+        """Refuse to mix outputs of different settings in one directory, or to touch parts not ours.
+
+        Settings are compared by `cfg.result_hash()`; a refusal names the differing settings of the
+        config's `result_sections` (a job kind's config adds its own, e.g. eval's scoring)."""
+        previous = self.summary()
+        if previous is None:
+            if outputs.has_parts(self.path):
+                # Every run writes its summary before its first part: these parts are someone else's.
+                raise OutputError(
+                    f"output.path: {self.path} holds part files but no {outputs.SUMMARY_NAME}, so not a "
+                    "job of this runner; choose another output directory"
+                )
+            return
+        if overwrite or previous.get("config_hash") == cfg.result_hash():
+            return
+        new = cfg.model_dump(mode="json")
+        differ = differing_settings(previous.get("config", {}), new, cfg.result_sections)
+        raise OutputError(
+            f"output.path: {self.path} holds a job with different settings "
+            f"({', '.join(differ) or 'unknown'}); pass --overwrite or choose another output directory"
+        )
+
+    def clear(self) -> list[str]:
+        """`--overwrite`: delete the runner's own files (parts, temps, summary); return their names."""
+        return outputs.PartWriter.remove_parts(self.path)
+
+    def pending(self, table: pa.Table) -> tuple[pa.Table, int]:
+        """Input rows whose ids are not yet committed here; and how many were."""
+        done = outputs.committed_ids(self.path)
+        if not done:
+            return table, 0
+        mask = pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(done), pa.string())))
+        todo = table.filter(mask)
+        return todo, table.num_rows - todo.num_rows
+
+    def writer(self, rows_per_file: int) -> outputs.PartWriter:
+        """The part writer that appends this run's rows after the committed parts."""
+        return outputs.PartWriter(self.path, rows_per_file)
+
+    def counts(self) -> tuple[int, int]:
+        """(rows, error rows) over every committed part: all runs of a resumed job together."""
+        return outputs.error_counts(self.path)
+
+    def summary(self) -> dict | None:
+        """The summary document of the last run here, or None."""
+        return outputs.read_summary(self.path)
+
+    def write_summary(self, summary: dict) -> None:
+        outputs.write_summary(self.path, summary)
+
+
+def differing_settings(old: dict, new: dict, sections: tuple[str, ...], prefix: str = "") -> list[str]:
+    """Dotted names of the settings under `sections` that differ between two config dumps."""
+    out: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differing_settings(a, b, sections, name + ".")
+        elif a != b and name.split(".")[0] in sections:
+            out.append(name)
+    return out
