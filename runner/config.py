@@ -50,6 +50,16 @@ class ModelConfig(_Strict):
         "auto", description="auto = flash_attention_2 when usable, else sdpa (reason logged)"
     )
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    adapter: str | None = Field(None, min_length=1, description="a PEFT LoRA adapter merged into the model")
+    adapters: dict[str, str] | None = Field(
+        None, description="named PEFT adapters over one base model, picked per row by data.adapter_column"
+    )
+
+    @model_validator(mode="after")
+    def _one_adapter_kind(self) -> ModelConfig:
+        if self.adapter and self.adapters:
+            raise ValueError("set adapter (one, merged) or adapters (several, per row), not both")
+        return self
 
 
 def parse_size(value: str | int) -> int:
@@ -117,13 +127,27 @@ class PromptConfig(_Strict):
         None, description="list of {role, content}, rendered by the chat template"
     )
     add_generation_prompt: bool = Field(True, description="chat template: open the assistant turn")
+    chat: bool = Field(
+        False, description="wrap the column or template text as a user message (chat template)"
+    )
+    system: str | None = Field(None, description="a system message put before the user message (chat)")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra variables for the chat template, e.g. enable_thinking: false"
+    )
+    assistant_prefix: str | None = Field(None, description="text that starts the answer (prefilled)")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PromptConfig:
         given = [n for n in ("column", "template", "messages_column") if getattr(self, n)]
         if len(given) != 1:
             raise ValueError(f"set exactly one of column, template, messages_column (got {given or 'none'})")
+        if self.system is not None and not (self.chat or self.messages_column):
+            raise ValueError("system needs chat: true (or messages_column)")
         return self
+
+    @property
+    def uses_chat_template(self) -> bool:
+        return bool(self.chat or self.messages_column)
 
 
 class DataConfig(_Strict):
@@ -139,6 +163,13 @@ class DataConfig(_Strict):
     carry_columns: list[str] = Field(default_factory=list, description="input columns copied to the output")
     max_new_tokens_column: str | None = Field(None, description="per-row max_new_tokens column")
     limit: int | None = Field(None, ge=1, description="only the first N rows")
+    seed_column: str | None = Field(None, description="per-row sampling seed column")
+    temperature_column: str | None = Field(None, description="per-row temperature column")
+    top_p_column: str | None = Field(None, description="per-row top_p column")
+    json_schema_column: str | None = Field(
+        None, description="per-row JSON schema column (object or JSON text)"
+    )
+    adapter_column: str | None = Field(None, description="per-row adapter name (one of model.adapters)")
     overlong: Literal["error", "truncate_left"] = Field(
         "error",
         description="prompt + max_new_tokens over the model's context: error row, or drop oldest tokens",
@@ -155,10 +186,49 @@ class SamplingConfig(_Strict):
     seed: int = Field(0, ge=0, description="sampling seed (runs with the same config are reproducible)")
     stop: list[str] = Field(default_factory=list, description="stop strings (excluded from the output)")
     n: int = Field(1, ge=1, description="samples per prompt (generation becomes a list when > 1)")
+    min_p: float = Field(
+        0.0, ge=0, le=1, description="drop tokens below min_p x the top probability; 0 = off"
+    )
+    repetition_penalty: float = Field(
+        1.0, gt=0, description="CTRL penalty on prompt + generated tokens; 1 = off"
+    )
+    presence_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI: subtracted once per seen token")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI: subtracted per occurrence")
+    stop_token_ids: list[int] = Field(default_factory=list, description="token ids that end a row like EOS")
+    logprobs: int | None = Field(None, ge=0, le=20, description="chosen token's logprob + top-K per token")
+    prompt_logprobs: bool = Field(False, description="logprob of every prompt token")
+    json_schema: str | None = Field(None, description="JSON schema: inline mapping, JSON text or a file path")
+    regex: str | None = Field(None, min_length=1, description="regular expression the output must match")
+    choices: list[str] | None = Field(None, min_length=1, description="the output is one of these strings")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @field_validator("json_schema", mode="before")
+    @classmethod
+    def _load_schema(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        from runner.engine.constraints import load_schema
+
+        return load_schema(value)
+
+    @field_validator("json_schema", "regex", "choices")
+    @classmethod
+    def _compiles(cls, value: Any, info) -> Any:
+        if value is None:
+            return None
+        from runner.engine.constraints import check_config
+
+        return check_config(info.field_name, value)
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> SamplingConfig:
+        given = [n for n in ("json_schema", "regex", "choices") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"set at most one of json_schema, regex, choices (got {', '.join(given)})")
+        return self
 
 
 class BatchingConfig(_Strict):
@@ -203,6 +273,10 @@ class OutputConfig(_Strict):
         "outputs/job", min_length=1, description="output directory (local or pyarrow/fsspec URI)"
     )
     rows_per_file: int = Field(10000, ge=1, description="rows per Parquet file")
+    token_ids: bool = Field(False, description="add the generated token ids as a list column")
+    parse_json: bool = Field(
+        False, description="add `parsed`: the generation parsed as JSON (null if invalid)"
+    )
 
 
 class RetryConfig(_Strict):

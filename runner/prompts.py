@@ -12,6 +12,7 @@ from typing import Any
 import jinja2
 import jinja2.meta
 
+from runner import chat
 from runner.config import PromptConfig
 from runner.errors import ConfigError
 
@@ -44,6 +45,8 @@ class PromptBuilder:
                 text = self._from_messages(row.get(self.cfg.messages_column))
             else:
                 text = row.get(self.cfg.column)
+            if not self.cfg.messages_column:
+                text = chat.finish(text, self.cfg, self.tokenizer)  # data.prompt.chat / assistant_prefix
         except (jinja2.TemplateError, TypeError, ValueError, KeyError) as err:
             return RowError(f"prompt: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         return _check_text(text, self.cfg)
@@ -60,11 +63,7 @@ class PromptBuilder:
         for m in messages:
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise ValueError("each message needs 'role' and 'content'")
-        if getattr(self.tokenizer, "chat_template", None) is None:
-            raise ValueError("the tokenizer has no chat template")
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=self.cfg.add_generation_prompt
-        )
+        return chat.render(messages, self.cfg, self.tokenizer)
 
 
 def _check_text(text: Any, cfg: PromptConfig) -> str | RowError:

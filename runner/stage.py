@@ -16,8 +16,10 @@ import pyarrow as pa
 
 from runner.config import JobConfig
 from runner.engine import Completion, Request
+from runner.extra_outputs import ExtraColumns
 from runner.io.outputs import OUTPUT_COLUMNS
 from runner.prompts import PromptBuilder, RowError
+from runner.row_options import RowOptions
 
 if TYPE_CHECKING:
     from runner.engine import Engine
@@ -84,6 +86,8 @@ class GenerationStage:
         self.cfg = cfg
         self.engine = engine or Engine(cfg.model, cfg.sampling, cfg.batching, cfg.placement)
         self.prompts = PromptBuilder(cfg.data.prompt, self.engine.tokenizer)
+        self.options = RowOptions(cfg)  # per-row sampling / schema / adapter columns
+        self.extra_columns = ExtraColumns(cfg, self.engine.tokenizer)  # columns only some options add
         self.replica = replica_label()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -94,13 +98,14 @@ class GenerationStage:
             rows = [self._prepare(row) for row in batch.to_pylist()]
             requests = [r.request for r in rows if r.request is not None]
             done = {c.id: c for c in self.engine.generate(requests)}
-        return self._output(batch, rows, done)
+        return self.extra_columns.append(self._output(batch, rows, done), rows, done)
 
     def _prepare(self, row: dict) -> _Row:
         out = _Row(id=row["id"])
         prompt = self.prompts.build(row)
         limit = self._max_new_tokens(row)
-        problem = next((p for p in (prompt, limit) if isinstance(p, RowError)), None)
+        options = self.options.for_row(row)
+        problem = next((p for p in (prompt, limit, options) if isinstance(p, RowError)), None)
         if problem is not None:
             out.error = problem.reason
             return out
@@ -110,7 +115,7 @@ class GenerationStage:
         if isinstance(ids, RowError):
             out.error = ids.reason
         else:
-            out.request = Request(out.id, ids, limit)
+            out.request = Request(out.id, ids, limit, **options)
         return out
 
     def _max_new_tokens(self, row: dict) -> int | RowError:
@@ -126,7 +131,7 @@ class GenerationStage:
 
     def _tokenize(self, prompt: str) -> list[int]:
         # A chat template already wrote the special tokens it wants (BOS included).
-        special = self.cfg.data.prompt.messages_column is None
+        special = not self.cfg.data.prompt.uses_chat_template
         return self.engine.tokenizer(prompt, add_special_tokens=special)["input_ids"]
 
     def _fit_context(self, ids: list[int], limit: int) -> list[int] | RowError:

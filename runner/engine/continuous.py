@@ -30,7 +30,8 @@ import torch
 from runner.config import BatchingConfig, SamplingConfig
 from runner.engine import paged_attention
 from runner.engine.memory import split_on_oom, token_budget
-from runner.engine.processors import sampling_processors
+from runner.engine.processors import row_kwargs, sampling_processors
+from runner.engine.routing import needs_padded, split_run
 from runner.engine.sequence import Sequence, Stopper, eos_ids, expand
 from runner.engine.types import Completion, Request
 
@@ -128,9 +129,10 @@ class ContinuousGenerator:
 
     def __init__(self, model, tokenizer, sampling: SamplingConfig, batching: BatchingConfig):
         self.sampling = sampling
-        self.eos = sorted(eos_ids(tokenizer, model)) or [-1]
+        self.eos = sorted(eos_ids(tokenizer, model, sampling)) or [-1]
         self.stopper = Stopper(tokenizer, set(self.eos) - {-1}, sampling.stop)
         self.manager = build_manager(model, tokenizer, sampling, batching)
+        self._fallback, self._fallback_args = None, (model, tokenizer, sampling, batching)
         self._pending: dict[str, tuple[Sequence, _Call]] = {}
         self._lock = threading.Lock()
         self._restart_lock = threading.Lock()
@@ -145,8 +147,25 @@ class ContinuousGenerator:
         return nullcontext()
 
     def generate(self, requests: list[Request]) -> list[Completion]:
-        """All at once: the manager schedules, packs and refills by itself (out of memory: split)."""
-        return split_on_oom(self.run, requests) if requests else []
+        """All at once: the manager schedules, packs and refills by itself (out of memory: split).
+        Rows that need per-row host state (grammar, penalties) run in a padded generator: see routing."""
+        if not requests:
+            return []
+        keys = set(getattr(self.manager.logit_processor, "supported_keys", {}))
+        return split_run(
+            requests,
+            lambda r: needs_padded(r, self.sampling, keys),
+            lambda rows: split_on_oom(self.run, rows),
+            lambda rows: self._padded().generate(rows),
+        )
+
+    def _padded(self):
+        with self._lock:
+            if self._fallback is None:
+                from runner.engine.padded import PaddedGenerator
+
+                self._fallback = PaddedGenerator(*self._fallback_args)
+            return self._fallback
 
     def run(self, requests: list[Request]) -> list[Completion]:
         """Complete requests (in request order); raises OutOfMemoryError if the device ran out."""
@@ -188,7 +207,7 @@ class ContinuousGenerator:
             self._restart()  # the manager stopped taking requests: it failed and is shutting down
 
     def _add(self, request_id: str, seq: Sequence) -> str | None:
-        extra = {} if self.sampling.greedy else {"sample_key": seq.key}
+        extra = {} if self.sampling.greedy else row_kwargs(self.sampling, seq)
         return self.manager.add_request(
             seq.request.prompt_ids,
             request_id=request_id,

@@ -52,7 +52,7 @@ class DecodeLoop:
         mask = self._mask(seqs, width, cache.layers[0].capacity)
         active, length = list(seqs), width
         while True:
-            chosen = self.sampler.choose(logits, [s.next_key() for s in active]).tolist()
+            chosen = self.sampler.choose_rows(logits, active).tolist()
             finished = [
                 i
                 for i, (seq, token) in enumerate(zip(active, chosen, strict=True))

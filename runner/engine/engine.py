@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 import torch
 
 from runner.config import BatchingConfig, ModelConfig, PlacementConfig, SamplingConfig
+from runner.engine import adapters, constraints, logprobs
 from runner.engine.continuous import ContinuousGenerator
 from runner.engine.loading import Devices, load_model, load_tokenizer
 from runner.engine.padded import PaddedGenerator
@@ -63,10 +64,11 @@ class Engine:
     ):
         self.devices = devices or Devices.detect()
         self.tokenizer = load_tokenizer(model)
-        self.model = load_model(model, placement or PlacementConfig(), self.devices)
+        self.model = adapters.apply(load_model(model, placement or PlacementConfig(), self.devices), model)
         self.sampling = sampling
         self.batching = batching or BatchingConfig()
         self.strategy = resolve_strategy(self.batching.strategy, model_devices(self.model))
+        self.strategy = adapters.strategy_for(self.strategy, model)
         self.generator = STRATEGIES[self.strategy](self.model, self.tokenizer, sampling, self.batching)
         log.info(
             "engine ready: %s on %s, strategy %s, %d torch threads",
@@ -90,7 +92,11 @@ class Engine:
 
         Safe to call from several threads: each strategy merges concurrent callers' rows into the
         batches it runs (padded: a shared pool of waiting rows; continuous: one running manager)."""
-        return self.generator.generate(requests)
+        requests = constraints.with_default(requests, self.sampling)  # sampling.json_schema / regex / choices
+        done = self.generator.generate(requests)
+        if logprobs.wanted(self.sampling):
+            logprobs.attach(self.model, requests, done, self.sampling)
+        return done
 
     def announce(self) -> AbstractContextManager:
         """Context for a caller that is about to prepare and submit rows from another thread (a Ray

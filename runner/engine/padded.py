@@ -21,9 +21,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from runner.config import BatchingConfig, SamplingConfig
+from runner.engine import adapters
 from runner.engine.batching import plan_batches
 from runner.engine.decode import DecodeLoop
 from runner.engine.memory import split_on_oom, token_budget
+from runner.engine.processors import RowProcessors
 from runner.engine.sampling import Sampler
 from runner.engine.sequence import Stopper, eos_ids, expand
 from runner.engine.types import Completion, Request
@@ -71,9 +73,10 @@ class PaddedGenerator:
         self.sampling = sampling
         self.batching = batching
         self.budget = token_budget(batching, model)
-        self.stopper = Stopper(tokenizer, eos_ids(tokenizer, model), sampling.stop)
+        self.stopper = Stopper(tokenizer, eos_ids(tokenizer, model, sampling), sampling.stop)
         pad = tokenizer.pad_token_id
-        self.loop = DecodeLoop(model, Sampler(sampling), self.stopper, pad, batching.max_padding)
+        sampler = Sampler(sampling, RowProcessors(sampling, tokenizer, self.stopper.eos, model))
+        self.loop = DecodeLoop(model, sampler, self.stopper, pad, batching.max_padding)
         self._calls: list[_Call] = []  # oldest first
         self._state = threading.Condition()
         self._busy = False  # a thread is running a batch on the model
@@ -82,7 +85,10 @@ class PaddedGenerator:
     def plan(self, requests: list[Request]) -> list[list[Request]]:
         """The batches to run, longest prompts first (each is one unit of out-of-memory retry)."""
         samples = 1 if self.sampling.greedy else self.sampling.n
-        return list(plan_batches(requests, self.budget, self.batching.max_batch_size, samples))
+        groups = adapters.groups(requests)  # a batch runs one adapter (runner.engine.adapters)
+        return [
+            b for g in groups for b in plan_batches(g, self.budget, self.batching.max_batch_size, samples)
+        ]
 
     @contextmanager
     def announce(self) -> Iterator[None]:
@@ -160,7 +166,8 @@ class PaddedGenerator:
     def run(self, requests: list[Request]) -> list[Completion]:
         """Complete one batch (in request order) on the model."""
         seqs = expand(requests, self.sampling)
-        self.loop.run(seqs)
+        with adapters.active(self.loop.model, requests[0].adapter):
+            self.loop.run(seqs)
         return self.stopper.completions(requests, seqs, self.sampling.n)
 
     def close(self) -> None:

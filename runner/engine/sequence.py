@@ -9,9 +9,10 @@ means EOS, per-row limits and stop strings behave identically whichever strategy
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from runner.config import SamplingConfig
-from runner.engine.sampling import row_key, step_key
+from runner.engine.sampling import row_key, row_params, step_key
 from runner.engine.types import Completion, Request
 
 
@@ -24,6 +25,7 @@ class Sequence:
     key: int
     tokens: list[int] = field(default_factory=list)
     finished: bool = False
+    matcher: Any = None  # the row's grammar state when it has a constraint (runner.engine.constraints)
 
     @property
     def position(self) -> int:
@@ -36,17 +38,25 @@ class Sequence:
 
 
 def expand(requests: list[Request], sampling: SamplingConfig) -> list[Sequence]:
-    """The sequences to compute: n per request when sampling, one when greedy (n greedy samples are equal)."""
-    per_request = 1 if sampling.greedy else sampling.n
-    return [Sequence(r, j, row_key(sampling.seed, r.id, j)) for r in requests for j in range(per_request)]
+    """The sequences to compute: n per request when sampling, one when greedy (n greedy samples are equal).
+
+    A row's own temperature and seed (Request.sampling) decide for that row."""
+    seqs = []
+    for r in requests:
+        params = row_params(sampling, r)
+        per_request = 1 if params.greedy else sampling.n
+        seqs += [Sequence(r, j, row_key(params.seed, r.id, j)) for j in range(per_request)]
+    return seqs
 
 
-def eos_ids(tokenizer, model) -> set[int]:
-    """End-of-sequence ids: the model's generation config, else the tokenizer's."""
+def eos_ids(tokenizer, model, sampling: SamplingConfig | None = None) -> set[int]:
+    """End-of-sequence ids: the model's generation config, else the tokenizer's; plus the job's
+    `sampling.stop_token_ids`, which end a row the same way (cut from the output, finish reason stop)."""
     ids = model.generation_config.eos_token_id if model.generation_config else None
     ids = ids if ids is not None else tokenizer.eos_token_id
     ids = ids if isinstance(ids, list) else [ids]
-    return {i for i in ids if i is not None and i >= 0}
+    extra = sampling.stop_token_ids if sampling is not None else []
+    return {i for i in [*ids, *extra] if i is not None and i >= 0}
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:

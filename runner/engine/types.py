@@ -5,13 +5,42 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True)
+class RowSampling:
+    """A row's own sampling values (from data.*_column); None keeps the job's."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a row's output must match: kind is json_schema (spec = schema JSON text), regex or choices
+    (spec = JSON list of strings). Hashable: compiled grammars are cached by it."""
+
+    kind: str
+    spec: str
+
+
 @dataclass
 class Request:
-    """One prompt to complete: token ids plus its own new-token limit."""
+    """One prompt to complete: token ids plus its own new-token limit, and optional per-row options."""
 
     id: str
     prompt_ids: list[int]
     max_new_tokens: int
+    sampling: RowSampling | None = None
+    constraint: Constraint | None = None
+    adapter: str | None = None  # a name of model.adapters; None = the base model
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token and its log-probability under the model's raw distribution (see runner.engine.logprobs)."""
+
+    token_id: int
+    logprob: float
 
 
 @dataclass
@@ -23,6 +52,9 @@ class Completion:
     texts: list[str] = field(default_factory=list)
     finish_reasons: list[str] = field(default_factory=list)
     error: str | None = None
+    # sampling.logprobs: per sample, per generated token, (chosen, its top-K alternatives)
+    logprobs: list[list[tuple[TokenLogprob, list[TokenLogprob]]]] | None = None
+    prompt_logprobs: list[float | None] | None = None  # sampling.prompt_logprobs; the first is None
 
     @property
     def generated_tokens(self) -> int:

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from runner.config import DataConfig
 from runner.errors import InputError
+from runner.extra_outputs import OPTIONAL_COLUMNS
 from runner.io.outputs import OUTPUT_COLUMNS
 from runner.prompts import template_variables
 
@@ -57,6 +58,8 @@ def _column_fields(cfg: DataConfig) -> list[tuple[str, str]]:
     pairs += [("data.carry_columns", name) for name in cfg.carry_columns]
     if cfg.max_new_tokens_column:
         pairs.append(("data.max_new_tokens_column", cfg.max_new_tokens_column))
+    options = ("seed_column", "temperature_column", "top_p_column", "json_schema_column", "adapter_column")
+    pairs += [(f"data.{name}", getattr(cfg, name)) for name in options if getattr(cfg, name)]
     return pairs
 
 
@@ -64,8 +67,8 @@ def _check_carry_clashes(cfg: DataConfig) -> None:
     for name in cfg.carry_columns:
         if name == "prompt":
             raise InputError("data.carry_columns: 'prompt' is always written to the output; do not carry it")
-        if name in OUTPUT_COLUMNS:
-            clash = ", ".join(OUTPUT_COLUMNS)
+        if name in OUTPUT_COLUMNS + OPTIONAL_COLUMNS:
+            clash = ", ".join(OUTPUT_COLUMNS + OPTIONAL_COLUMNS)
             raise InputError(f"data.carry_columns: '{name}' clashes with an output column ({clash})")
         if name == cfg.id_column:
             raise InputError(f"data.carry_columns: '{name}' is data.id_column; it is written as 'id'")

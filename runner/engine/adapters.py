@@ -1,0 +1,90 @@
+"""LoRA adapters (PEFT) over the base model: one merged, or several picked per row.
+
+- `model.adapter: PATH`: peft loads the adapter and merges it into the base weights
+  (`merge_and_unload`), so the engine runs a plain transformers model: both strategies, no per-token
+  cost, output equal to `generate` of the merged model.
+- `model.adapters: {name: path}` + `data.adapter_column`: every adapter is loaded into the one base
+  model through transformers' PEFT integration (`load_adapter`); the padded strategy plans batches per
+  adapter and activates each batch's adapter (`set_adapter`, or `disable_adapters` for rows without one).
+  The active adapter is model-global state in peft, and the continuous manager packs rows of every
+  request into each forward, so rows of different adapters cannot share its steps: a job with several
+  adapters runs the padded strategy (`strategy_for`), and says so in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from runner.config import ModelConfig
+from runner.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _resolve(path: str) -> str:
+    from runner.engine.loading import resolve_path
+
+    return resolve_path(path)
+
+
+def apply(model, cfg: ModelConfig):
+    """The model with the config's adapters: merged (adapter) or loaded side by side (adapters)."""
+    if cfg.adapter:
+        from peft import PeftModel
+
+        try:
+            merged = PeftModel.from_pretrained(model, _resolve(cfg.adapter)).merge_and_unload()
+        except (OSError, ValueError) as err:
+            raise ConfigError(
+                f"model.adapter: cannot load {cfg.adapter!r}: {str(err).splitlines()[0]}"
+            ) from None
+        return merged.eval()
+    for name, path in (cfg.adapters or {}).items():
+        try:
+            model.load_adapter(_resolve(path), adapter_name=name)
+        except (OSError, ValueError) as err:
+            raise ConfigError(
+                f"model.adapters.{name}: cannot load {path!r}: {str(err).splitlines()[0]}"
+            ) from None
+    return model.eval()
+
+
+def strategy_for(strategy: str, cfg: ModelConfig) -> str:
+    """padded when several adapters are loaded (see module docstring), else the strategy unchanged."""
+    if cfg.adapters and strategy != "padded":
+        log.info("model.adapters: rows of different adapters cannot share a continuous batch; using padded")
+        return "padded"
+    return strategy
+
+
+_ACTIVE = threading.Lock()
+
+
+@contextmanager
+def active(model, name: str | None) -> Iterator[None]:
+    """Run the enclosed forwards with adapter `name` (None: the base model) active on `model`.
+
+    A no-op for a model without loaded adapters; the lock keeps two threads from switching at once."""
+    if not getattr(model, "_hf_peft_config_loaded", False):
+        yield
+        return
+    with _ACTIVE:
+        if name is None:
+            model.disable_adapters()
+        else:
+            model.enable_adapters()
+            model.set_adapter(name)
+        yield
+
+
+def groups(requests: list) -> list[list]:
+    """Requests grouped by adapter (one group, the same list, when no row names one)."""
+    if all(r.adapter is None for r in requests):
+        return [requests]
+    by_adapter: dict[str | None, list] = {}
+    for r in requests:
+        by_adapter.setdefault(r.adapter, []).append(r)
+    return list(by_adapter.values())
