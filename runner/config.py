@@ -319,8 +319,52 @@ class JobConfig(_Strict):
 
     def result_hash(self) -> str:
         """Hash of the settings that change results (not output path, placement, retries or Ray)."""
-        relevant = self.model_dump(include=set(self.result_sections), mode="json")
+        relevant = _without_later_defaults(self.model_dump(include=set(self.result_sections), mode="json"))
+        # These change the part files' columns: a resume must not mix files with and without them.
+        columns = {k: v for k, v in self.output.model_dump().items() if k in _OUTPUT_COLUMN_OPTIONS and v}
+        if columns:
+            relevant["output"] = columns
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Result-changing options added after jobs were written: left out of the hash while at their default,
+# so a job written before they existed still resumes (its hash is unchanged).
+_LATER_OPTIONS = {
+    "model": ModelConfig(path="x"),
+    "data": DataConfig(source="x"),
+    "sampling": SamplingConfig(),
+}
+_LATER_FIELDS = {
+    "model": ("adapter", "adapters"),
+    "data": ("seed_column", "temperature_column", "top_p_column", "json_schema_column", "adapter_column"),
+    "sampling": (
+        "min_p",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "stop_token_ids",
+        "logprobs",
+        "prompt_logprobs",
+        "json_schema",
+        "regex",
+        "choices",
+    ),
+    "data.prompt": ("chat", "system", "chat_template_kwargs", "assistant_prefix"),
+}
+_OUTPUT_COLUMN_OPTIONS = ("token_ids", "parse_json")
+
+
+def _without_later_defaults(dump: dict) -> dict:
+    defaults = {name: cfg.model_dump(mode="json") for name, cfg in _LATER_OPTIONS.items()}
+    defaults["data.prompt"] = PromptConfig(column="x").model_dump(mode="json")
+    for where, names in _LATER_FIELDS.items():
+        section, _, sub = where.partition(".")
+        node = dump.get(section)
+        node = node.get(sub) if sub and isinstance(node, dict) else node
+        for name in names if isinstance(node, dict) else ():
+            if name in node and node[name] == defaults[where][name]:
+                del node[name]
+    return dump
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
