@@ -167,6 +167,27 @@ def test_greedy_constrained_equals_masked_reference(tiny_model, model):
             engine.close()
 
 
+def test_strings_with_length_limits_admit_no_raw_control_characters(tiny_model):
+    """JSON forbids raw control characters in strings; a byte-level vocabulary has a token for each."""
+    from transformers import AutoTokenizer
+
+    from runner.engine.constraints import Grammars
+    from runner.engine.types import Constraint
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    grammars = Grammars(tokenizer, {tokenizer.eos_token_id}, len(tokenizer))
+    for schema in (
+        {"type": "string", "maxLength": 8},
+        {"type": "string", "minLength": 1},
+        {"type": "string"},
+    ):
+        compiled = grammars.compiled(Constraint("json_schema", json.dumps(schema)))
+        import xgrammar as xgr
+
+        assert xgr.GrammarMatcher(compiled).accept_string('"ab')
+        assert not xgr.GrammarMatcher(compiled).accept_string('"a\x00'), schema
+
+
 def test_bad_schema_is_a_one_line_config_error_naming_the_field(tmp_path):
     base = {"model": {"path": "demo:tiny-llama"}, "data": {"source": "x.jsonl"}}
     with pytest.raises(ConfigError, match=r"^sampling\.json_schema: does not compile"):
