@@ -317,6 +317,12 @@ class JobConfig(_Strict):
     # A job kind whose config adds result-changing sections (eval's scoring) extends this.
     result_sections: ClassVar[tuple[str, ...]] = RESULT_SECTIONS
 
+    @model_validator(mode="after")
+    def _adapter_column_needs_adapters(self) -> JobConfig:
+        if self.data.adapter_column and not self.model.adapters:
+            raise ValueError("data.adapter_column needs model.adapters ({name: path, ...})")
+        return self
+
     def result_hash(self) -> str:
         """Hash of the settings that change results (not output path, placement, retries or Ray)."""
         relevant = _without_later_defaults(self.model_dump(include=set(self.result_sections), mode="json"))

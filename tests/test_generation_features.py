@@ -194,6 +194,12 @@ def test_bad_schema_is_a_one_line_config_error_naming_the_field(tmp_path):
         build_config({**base, "sampling": {"json_schema": {"type": "integer", "minimum": "x"}}})
     with pytest.raises(ConfigError, match=r"^sampling\.regex: does not compile"):
         build_config({**base, "sampling": {"regex": "[a-"}})
+    with pytest.raises(ConfigError, match=r"^sampling: set at most one of json_schema, regex, choices"):
+        build_config({**base, "sampling": {"regex": "a+", "choices": ["a"]}})
+    with pytest.raises(ConfigError, match=r"data.adapter_column needs model.adapters"):
+        build_config({**base, "data": {"source": "x.jsonl", "adapter_column": "adapter"}})
+    with pytest.raises(ConfigError, match=r"^data.prompt: system needs chat: true"):
+        build_config({**base, "data": {"source": "x.jsonl", "prompt": {"column": "q", "system": "hi"}}})
     schema_file = tmp_path / "schema.json"
     schema_file.write_text(json.dumps(SCHEMAS["enum"]))
     cfg = build_config({**base, "sampling": {"json_schema": str(schema_file)}})
