@@ -468,6 +468,49 @@ def test_per_row_seed_temperature_and_top_p(tiny_model, model, strategy):
         engine.close()
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_sampled_row_in_a_greedy_job(tiny_model, model, strategy):
+    """continuous: a greedy job's manager has no sampling processors; such a row runs padded, exactly."""
+    engine = make_engine(tiny_model, strategy)
+    try:
+        ids = engine.tokenize(PROMPTS[:2])
+        requests = [
+            Request("s", ids[0], 10, sampling=RowSampling(temperature=0.8, seed=3)),
+            Request("g", ids[1], 10),
+        ]
+        done = engine.generate(requests)
+        key = row_key(3, "s", 0)
+        assert done[0].token_ids == [reference_loop(model, ids[0], 10, processors_for(temperature=0.8), key)]
+        assert done[1].token_ids == [reference_loop(model, ids[1], 10)]
+    finally:
+        engine.close()
+
+
+def test_per_row_sampling_columns_in_the_stage(tiny_model):
+    stage = stage_for(
+        tiny_model,
+        data={"seed_column": "seed", "temperature_column": "t", "top_p_column": "p"},
+        sampling={"max_new_tokens": 6},
+    )
+    rows = [
+        {"prompt": "Hello", "seed": 3, "t": 0.8, "p": None},
+        {"prompt": "Hello", "seed": None, "t": None, "p": None},
+        {"prompt": "Hello", "seed": 3, "t": -1.0, "p": None},
+        {"prompt": "Hello", "seed": 3, "t": 0.8, "p": 0.0},
+    ]
+    out = stage(table(rows)).to_pylist()
+    engine = stage.engine
+    ids = engine.tokenize(["Hello"])[0]
+    sampled = engine.generate([Request(out[0]["id"], ids, 6, sampling=RowSampling(temperature=0.8, seed=3))])[
+        0
+    ]
+    greedy = engine.generate([Request(out[1]["id"], ids, 6)])[0]
+    assert out[0]["generation"] == sampled.texts[0] and out[1]["generation"] == greedy.texts[0]
+    assert "column 't' is -1.0: must be >= 0" in out[2]["error"]
+    assert "column 'p' is 0.0: must be > 0 and <= 1" in out[3]["error"]
+    stage.engine.close()
+
+
 def test_n_samples_are_distinct_and_reproducible_whatever_the_batching(tiny_model):
     outputs = []
     for strategy, batch in (("padded", 8), ("padded", 1), ("continuous", 8)):
