@@ -36,11 +36,13 @@ def attach(model, requests: list[Request], completions: list[Completion], sampli
     for request, completion in zip(requests, completions, strict=True):
         if completion.error is not None:
             continue
+        whole = sampling.prompt_logprobs
         with adapters.active(model, request.adapter):
-            scored = [
-                _score(model, request.prompt_ids, tokens, sampling.prompt_logprobs and j == 0)
-                for j, tokens in enumerate(completion.token_ids)
-            ]
+            # n greedy samples are one sequence repeated: scored once.
+            unique = {tuple(t): None for t in completion.token_ids}
+            for tokens in unique:
+                unique[tokens] = _score(model, request.prompt_ids, list(tokens), whole)
+        scored = [unique[tuple(t)] for t in completion.token_ids]
         if sampling.logprobs is not None:
             completion.logprobs = [
                 _generated(logp, tokens, sampling.logprobs)
