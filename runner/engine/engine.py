@@ -17,6 +17,7 @@ from runner.config import BatchingConfig, ModelConfig, PlacementConfig, Sampling
 from runner.engine.continuous import ContinuousGenerator
 from runner.engine.loading import Devices, load_model, load_tokenizer
 from runner.engine.padded import PaddedGenerator
+from runner.engine.scoring import LoglikelihoodScorer, ScoreRequest, ScoreResult
 from runner.engine.types import Completion, Request
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class Engine:
         self.batching = batching or BatchingConfig()
         self.strategy = resolve_strategy(self.batching.strategy, model_devices(self.model))
         self.generator = STRATEGIES[self.strategy](self.model, self.tokenizer, sampling, self.batching)
+        self.scorer = LoglikelihoodScorer(self.model, self.batching)
         log.info(
             "engine ready: %s on %s, strategy %s, %d torch threads",
             type(self.model).__name__,
@@ -91,6 +93,11 @@ class Engine:
         Safe to call from several threads: each strategy merges concurrent callers' rows into the
         batches it runs (padded: a shared pool of waiting rows; continuous: one running manager)."""
         return self.generator.generate(requests)
+
+    def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        """Summed log-probability of each request's continuation after its context, and whether it is
+        the greedy continuation; in request order (`runner.engine.scoring`)."""
+        return self.scorer.score(requests)
 
     def announce(self) -> AbstractContextManager:
         """Context for a caller that is about to prepare and submit rows from another thread (a Ray
