@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from runner.errors import ConfigError, JobFailed
-from runner.scoring.metrics import mean_stderr, read_metrics, read_rows
+from runner.errors import ConfigError, InputError, JobFailed
+from runner.io.outputs import read_summary
+from runner.scoring.metrics import METRICS_NAME, mean_stderr, read_metrics, read_rows
 
 MAX_FLIPS_SHOWN = 10
 
@@ -79,7 +80,15 @@ class Run:
 
     @classmethod
     def load(cls, path: str) -> Run:
+        """InputError (exit 2) for a directory that is not a finished eval run, or whose metrics are stale."""
         document = read_metrics(path)
+        summary = read_summary(path) or {}
+        if summary.get("status") != "done":
+            raise InputError(
+                f"{path}: the run did not finish (status {summary.get('status')}); rerun it to resume"
+            )
+        if summary.get("config_hash") != document.get("config_hash"):
+            raise InputError(f"{path}: {METRICS_NAME} is from another run than its rows; rerun the eval")
         table = read_rows(path)
         rows = {(r["task"], r["id"]): r for r in table.to_pylist()}
         return cls(path, document, rows)

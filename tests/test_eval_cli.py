@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -118,6 +119,12 @@ def test_a_nightly_suite_records_runs_compares_and_gates(ray_cpu, nights, tmp_pa
     assert "no task reports this metric (known: em/exact_match)" in capsys.readouterr().err
     assert main(["compare", str(suite / "runs/night1"), str(tmp_path / "nothing")]) == 2
     assert main(["compare", str(suite / "runs/night1")]) == 2
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(suite / "runs/night1", unfinished)
+    summary = json.loads((unfinished / "_job.json").read_text())
+    (unfinished / "_job.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    assert main(["compare", str(unfinished), str(suite / "runs/night2")]) == 2
+    assert "the run did not finish (status interrupted)" in capsys.readouterr().err
 
     # A fixed --baseline in the same command: night 1's config against night 2's run.
     code = main(

@@ -187,7 +187,11 @@ def test_every_scorer_gets_exactly_the_known_score(first_run):
     assert tasks["em"]["exact_match_stderr"] == pytest.approx((8 * 0.25 / 7 / 8) ** 0.5)
     assert json.loads((out / METRICS_NAME).read_text()) == document
     assert document["model_revision"].startswith("sha256:") and document["config_hash"]
-    assert document["tokens"] > 0 and document["code_version"].startswith("0.1.0")
+    table = pq.read_table(out)
+    tokens = sum(table.column("prompt_tokens").to_pylist()) + sum(
+        table.column("generated_tokens").to_pylist()
+    )
+    assert document["tokens"] == tokens > 0 and document["code_version"].startswith("0.1.0")
 
 
 def test_multiple_choice_equals_the_unbatched_oracle(first_run, mc_oracle):

@@ -73,6 +73,6 @@ def execute(args: argparse.Namespace) -> int:
     if book:
         book.record(cfg.output.path, document)
     print(compare.metrics_table(document, cfg.output.path))
-    if gates.any:
+    if gates.any or args.baseline:
         return compare.gate_command(baseline, cfg.output.path, gates)
     return 0

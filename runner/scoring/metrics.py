@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from runner.errors import InputError
@@ -64,6 +65,12 @@ def task_metrics(cfg: EvalConfig, path: str) -> dict[str, dict]:
     return out
 
 
+def total_tokens(path: str) -> int:
+    """Prompt (multiple choice: scored) plus generated tokens of every row, all runs of a resumed job."""
+    table = read_rows(path, ["prompt_tokens", "generated_tokens"])
+    return int(sum(pc.sum(table[c]).as_py() or 0 for c in ("prompt_tokens", "generated_tokens")))
+
+
 def code_version() -> str:
     """This runner's version, and its git commit when run from a checkout (`-dirty` with local edits)."""
     version = importlib.metadata.version("hf-batch-runner")
@@ -88,7 +95,7 @@ def metrics_document(cfg: EvalConfig, path: str, summary: dict, revision: str | 
         "model_revision": revision,
         "config_hash": cfg.result_hash(),
         "code_version": code_version(),
-        "tokens": summary.get("prompt_tokens", 0) + summary.get("generated_tokens", 0),
+        "tokens": total_tokens(path),
         "wall_s": summary.get("wall_time_s"),
         "status": summary.get("status"),
     }
