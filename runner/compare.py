@@ -207,8 +207,9 @@ def gate_command(base_path: str | None, new_path: str, gates: Gates) -> int:
     if failed:
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         raise GateFailed(f"{failed[0]}{more}")
-    if gates.any:
-        print(f"gates passed: {', '.join(str(g) for g in gates.items)}")
+    applied = [g for g in gates.items if base_path is not None or g.kind == "fail-below"]
+    if applied:
+        print(f"gates passed: {', '.join(str(g) for g in applied)}")
     return 0
 
 

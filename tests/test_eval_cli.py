@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+from xml.etree import ElementTree
 
 import pyarrow.parquet as pq
 import pytest
@@ -100,6 +102,10 @@ def test_a_nightly_suite_records_runs_compares_and_gates(ray_cpu, nights, tmp_pa
     history = pq.read_table(suite / "history.parquet").to_pandas()
     assert list(history["run"]) == ["night1", "night2"] and list(history["value"]) == [1.0, 0.5]
     assert set(history["metric"]) == {"exact_match"} and history["model_revision"].notna().all()
+    import duckdb
+
+    query = f"SELECT run, value FROM '{suite}/history.parquet' ORDER BY finished_at"
+    assert duckdb.sql(query).fetchall() == [("night1", 1.0), ("night2", 0.5)]
 
     assert main(["compare", "--suite", str(suite)]) == 0
     lines = capsys.readouterr().out
@@ -143,6 +149,8 @@ def test_a_nightly_suite_records_runs_compares_and_gates(ray_cpu, nights, tmp_pa
 
     assert main(["report", str(suite), "-o", str(tmp_path / "report.html")]) == 0
     page = (tmp_path / "report.html").read_text()
+    for svg in re.findall(r"<svg.*?</svg>", page, re.S):
+        ElementTree.fromstring(svg)  # well-formed, so every browser draws it
     assert page.count("<svg") == 1 and "night1: 1.0000" in page and "night2: 0.5000" in page
     assert (
         "em/q3" in page
