@@ -169,10 +169,8 @@ def violations(lines: list[Line], new: Run, gates: Gates, have_base: bool) -> li
     """A line per violated gate; ConfigError when a gate names a metric no task reports."""
     found = []
     pairs = [(task, m) for task, entry in new.metrics["tasks"].items() for m in metric_names(entry)]
+    check_gates(gates, pairs)
     for gate in gates.items:
-        if not any(gate.applies(t, m) for t, m in pairs):
-            known = ", ".join(sorted({f"{t}/{m}" for t, m in pairs}))
-            raise ConfigError(f"{gate}: no task reports this metric (known: {known})")
         if gate.kind == "fail-below":
             for task, metric in pairs:
                 value = new.value(task, metric)
@@ -188,6 +186,14 @@ def violations(lines: list[Line], new: Run, gates: Gates, have_base: bool) -> li
                             f"({_fmt(ln.base)} -> {_fmt(ln.new)}) > {gate.threshold:g}"
                         )
     return found
+
+
+def check_gates(gates: Gates, pairs: list[tuple[str, str]]) -> None:
+    """ConfigError (exit 2) for a gate on a metric no task reports; `pairs` are (task, metric)."""
+    for gate in gates.items:
+        if not any(gate.applies(t, m) for t, m in pairs):
+            known = ", ".join(sorted({f"{t}/{m}" for t, m in pairs}))
+            raise ConfigError(f"{gate}: no task reports this metric (known: {known})")
 
 
 def gate_command(base_path: str | None, new_path: str, gates: Gates) -> int:

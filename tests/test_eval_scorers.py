@@ -53,6 +53,11 @@ def test_contains_choice_letter_f1_numeric():
     assert score("I think (B) because A is wrong", "B", scorer="choice_letter") == 1.0
     assert score("Answer: C", "2", scorer="choice_letter") == 1.0  # an index means A, B, C, ...
     assert score("Answer: c", "C", scorer="choice_letter") == 0.0  # capitals only: 'c' is no choice
+    assert score("(D) is right", "d.", scorer="choice_letter") == 1.0  # the target may be written loosely
+    with pytest.raises(ValueError, match="not a choice letter A-E or an index 0-4"):
+        score("A", "Paris", scorer="choice_letter")
+    with pytest.raises(ValueError, match="holds no number"):
+        score("42", "forty-two", scorer="numeric")
     assert score("the cat sat", "The cat sat.", scorer="f1") == 1.0
     # pred tokens [cat, sat, down], gold [cat, sat]: precision 2/3, recall 1 -> f1 0.8
     assert score("cat sat down", "a cat sat", scorer="f1") == pytest.approx(0.8)
@@ -160,3 +165,21 @@ def test_gates_parse(text, kind, task, metric, threshold):
 def test_unreadable_gates_are_config_errors(text):
     with pytest.raises(ConfigError, match=r"--max-drop .*expected \[TASK/\]METRIC=NUMBER"):
         parse_gate("max-drop", text)
+
+
+def test_a_gate_on_a_metric_no_task_reports_fails_before_the_eval_runs(tmp_path, capsys):
+    from runner.cli import main
+
+    config = tmp_path / "eval.yaml"
+    config.write_text(
+        "model: {path: demo:tiny-llama}\nname: qa\ndata: {source: nowhere.jsonl}\n"
+        "scoring: {scorer: exact_match, target_column: answer}\n"
+    )
+    assert main(["eval", str(config), "--fail-below", "acc=0.5"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --fail-below acc=0.5: no task reports this metric (known: qa/exact_match)"
+    )
+    assert main(["eval", str(config), "--max-drop", "exact_match=0.1"]) == 2  # a drop needs a baseline
+    assert "--max-drop: needs a baseline" in capsys.readouterr().err
+    assert main(["eval", str(config)]) == 2  # the missing data file, before Ray or a model
+    assert capsys.readouterr().err.startswith("error: data.source: no such file or directory")

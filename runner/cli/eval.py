@@ -65,6 +65,8 @@ def execute(args: argparse.Namespace) -> int:
         raise ConfigError("--max-drop: needs a baseline (--baseline RUN, or --suite DIR for its latest run)")
     overrides = list(args.overrides) + ([f"output.path={args.output}"] if args.output else [])
     cfg = load_config(args.config, overrides, kind=EvalConfig)
+    # A gate on a metric no task reports is a typo: say so now, not after the whole eval has run.
+    compare.check_gates(gates, [(t.name, m) for t in cfg.task_list() for m in t.scoring.metrics])
     book = suite.Suite(args.suite) if args.suite else None
     baseline = args.baseline or (book.latest() if book and args.max_drop else None)
     if book:

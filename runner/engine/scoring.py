@@ -95,7 +95,9 @@ class LoglikelihoodScorer:
             row = (r.context_ids + r.continuation_ids)[:-1]
             ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         with self._lock:
-            kwargs = {"logits_to_keep": torch.arange(first, width - 1)} if self._keep else {}
+            # An int (keep the last K positions) means the same to every model that takes it; an index
+            # tensor would be read as negative offsets by models that only expect an int.
+            kwargs = {"logits_to_keep": width - 1 - first} if self._keep else {}
             logits = self.model(input_ids=ids.to(self.model.device), use_cache=False, **kwargs).logits
         offset = first if self._keep else 0
         return [self._result(r, logits[i], offset) for i, r in enumerate(batch)]

@@ -59,13 +59,14 @@ def regex(generation: str, target: str, cfg: ScoringConfig) -> float:
 def choice_letter(generation: str, target: str, cfg: ScoringConfig) -> float:
     """The first standalone capital letter A-E in the generation against the target letter (or a 0-based
     index, which means A, B, ...)."""
+    wanted = target.strip()
+    if wanted.isdigit() and int(wanted) < 5:
+        wanted = "ABCDE"[int(wanted)]
+    letter = _LETTER.search(wanted.upper())  # "B", "b", "(B)", "B." all mean B
+    if letter is None:
+        raise ValueError(f"target {target!r} is not a choice letter A-E or an index 0-4")
     m = _LETTER.search(generation)
-    if m is None:
-        return 0.0
-    wanted = target.strip().upper()
-    if wanted.isdigit():
-        wanted = "ABCDE"[int(wanted)] if int(wanted) < 5 else wanted
-    return float(m.group(1) == wanted)
+    return float(m is not None and m.group(1) == letter.group(1))
 
 
 def _squad_tokens(text: str) -> list[str]:
@@ -94,7 +95,9 @@ def last_number(text: str) -> float | None:
 def numeric(generation: str, target: str, cfg: ScoringConfig) -> float:
     """The last number in the generation against the target number, within the tolerances."""
     got, want = last_number(generation), last_number(target)
-    if got is None or want is None:
+    if want is None:
+        raise ValueError(f"target {target!r} holds no number")
+    if got is None:
         return 0.0
     return float(math.isclose(got, want, rel_tol=cfg.rel_tolerance, abs_tol=cfg.tolerance))
 
