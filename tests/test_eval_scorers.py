@@ -90,6 +90,10 @@ def eval_tree(**scoring) -> dict:
         ({"scorer": "multiple_choice", "target_column": "a"}, "choices_column is set exactly when"),
         ({"scorer": "exact_match"}, "scorer exact_match needs target_column"),
         ({"scorer": "exact_match", "target_column": "a", "tolerence": 1}, "scoring.tolerence: unknown key"),
+        (
+            {"scorer": "f1", "target_column": "a", "metric": "error"},
+            "metric name 'error' is an output column",
+        ),
     ],
 )
 def test_bad_scoring_is_one_config_error_naming_the_field(scoring, message):
@@ -183,3 +187,17 @@ def test_a_gate_on_a_metric_no_task_reports_fails_before_the_eval_runs(tmp_path,
     assert "--max-drop: needs a baseline" in capsys.readouterr().err
     assert main(["eval", str(config)]) == 2  # the missing data file, before Ray or a model
     assert capsys.readouterr().err.startswith("error: data.source: no such file or directory")
+
+
+def test_output_columns_are_the_reserved_names_then_one_per_metric():
+    from runner.scoring.config import RESERVED_COLUMNS
+    from runner.scoring.stage import output_schema
+
+    task = {"name": "a", "data": {"source": "x.jsonl"}, "scoring": {"scorer": "f1", "target_column": "t"}}
+    mc = {
+        "name": "b",
+        "data": {"source": "x.jsonl"},
+        "scoring": {"scorer": "multiple_choice", "target_column": "t", "choices_column": "c"},
+    }
+    cfg = build_config({"model": {"path": "demo:tiny-llama"}, "tasks": [task, mc]}, EvalConfig)
+    assert output_schema(cfg).names == [*RESERVED_COLUMNS, "f1", "acc", "acc_norm"]

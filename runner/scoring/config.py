@@ -17,6 +17,20 @@ from runner.config import RESULT_SECTIONS, DataConfig, JobConfig, _Strict
 MULTIPLE_CHOICE = "multiple_choice"
 GENERATION_SCORERS = ("exact_match", "regex", "contains", "choice_letter", "f1", "numeric")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+# The eval output's own columns (runner.scoring.stage.output_schema); metric columns come after them.
+RESERVED_COLUMNS = (
+    "id",
+    "task",
+    "prompt",
+    "generation",
+    "target",
+    "choice_logprobs",
+    "prompt_tokens",
+    "generated_tokens",
+    "finish_reason",
+    "error",
+    "replica",
+)
 
 
 class ScoringConfig(_Strict):
@@ -140,6 +154,13 @@ class EvalConfig(JobConfig):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"tasks: task name {twice[0]!r} is used twice")
+        return self
+
+    @model_validator(mode="after")
+    def _metric_names_free(self) -> EvalConfig:
+        taken = set(self.metric_columns()) & set(RESERVED_COLUMNS)
+        if taken:
+            raise ValueError(f"metric name {sorted(taken)[0]!r} is an output column; set scoring.metric")
         return self
 
     def task_list(self) -> list[TaskConfig]:
