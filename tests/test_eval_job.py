@@ -201,6 +201,7 @@ def test_multiple_choice_equals_the_unbatched_oracle(first_run, mc_oracle):
         row = rows[f"mc/m{i}"]
         assert row["choice_logprobs"] == pytest.approx(oracle["lls"], abs=1e-4)
         assert (row["acc"], row["acc_norm"]) == (oracle["acc"], oracle["acc_norm"])
+        assert row["prompt"] == MC[i][0] and row["generation"] is None and row["error"] is None
     assert document["tasks"]["mc"]["acc"] == 0.5
     expected_norm = sum(o["acc_norm"] for o in mc_oracle) / len(mc_oracle)
     assert document["tasks"]["mc"]["acc_norm"] == pytest.approx(expected_norm)

@@ -151,7 +151,7 @@ def test_multiple_choice_pieces_follow_lm_eval():
     from runner.scoring.multiple_choice import Question
 
     # log-likelihoods -4 and -6: raw prefers choice 0; per character (-4/2, -6/6) prefers choice 1.
-    q = Question("r", ["ab", "abcdef"], 1, [])
+    q = Question("r", "context", ["ab", "abcdef"], 1, [])
     results = [ScoreResult("r#0", logprob=-4.0), ScoreResult("r#1", logprob=-6.0)]
     assert accuracy(q, results) == {"acc": 0.0, "acc_norm": 1.0}
 

@@ -19,9 +19,10 @@ from runner.scoring.config import ScoringConfig
 
 @dataclass
 class Question:
-    """One row's choices, the target's index and a score request per choice."""
+    """One row's context, choices, the target's index and a score request per choice."""
 
     id: str
+    context: str
     choices: list[str]
     gold: int
     requests: list[ScoreRequest]
@@ -72,7 +73,7 @@ def question(row: dict, context: str, cfg: ScoringConfig, tokenize) -> Question:
         if not head or not tail:
             raise ValueError(f"choice {k} or the context tokenizes to nothing")
         requests.append(ScoreRequest(f"{row['id']}#{k}", head, tail))
-    return Question(row["id"], choices, gold, requests)
+    return Question(row["id"], context, choices, gold, requests)
 
 
 def argmax(values: list[float]) -> int:

@@ -112,7 +112,7 @@ class ChoiceTask:
     def _output(self, row: dict, q: mc.Question | RowError, results: dict) -> dict:
         out = {
             "id": row["id"],
-            "prompt": self.prompts.build(row) if not isinstance(q, RowError) else None,
+            "prompt": q.context if isinstance(q, mc.Question) else None,
             "target": _target_text(row.get(self.task.scoring.target_column)),
             "generated_tokens": 0,
             "prompt_tokens": 0,
