@@ -8,6 +8,8 @@ replica pool, the model loaded once), its stage (`runner.scoring.stage.EvalStage
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from runner.job import Job, check_error_rate
 from runner.scoring.config import EvalConfig
 from runner.scoring.metrics import metrics_document, model_revision, write_metrics
@@ -15,11 +17,21 @@ from runner.scoring.stage import EvalStage
 from runner.scoring.tasks import read_tasks
 
 
-def run(cfg: EvalConfig, overwrite: bool = False, max_error_rate: float | None = None) -> dict:
-    """Run the eval to completion; write and return its metrics document (`_metrics.json`)."""
+def run(
+    cfg: EvalConfig,
+    overwrite: bool = False,
+    max_error_rate: float | None = None,
+    record: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run the eval to completion; write and return its metrics document (`_metrics.json`).
+
+    `record(document)` (a suite's history) is called once the metrics are written, before
+    `--max-error-rate` is checked: a run that fails it is still on record."""
     job = Job(cfg, stage=EvalStage, read=read_tasks, summary_extra=lambda _dir: {"kind": "eval"})
     summary = job.run(overwrite=overwrite)
     document = metrics_document(cfg, cfg.output.path, summary, model_revision(cfg.model))
     write_metrics(cfg.output.path, document)
-    check_error_rate(summary, max_error_rate)  # after the metrics: a failed gate still leaves them
+    if record is not None:
+        record(document)
+    check_error_rate(summary, max_error_rate)
     return document

@@ -71,9 +71,8 @@ def execute(args: argparse.Namespace) -> int:
     baseline = args.baseline or (book.latest() if book and args.max_drop else None)
     if book:
         cfg.output.path = str(book.run_dir(cfg, args.run_name))
-    document = run(cfg, overwrite=args.overwrite, max_error_rate=args.max_error_rate)
-    if book:
-        book.record(cfg.output.path, document)
+    record = (lambda document: book.record(cfg.output.path, document)) if book else None
+    document = run(cfg, overwrite=args.overwrite, max_error_rate=args.max_error_rate, record=record)
     print(compare.metrics_table(document, cfg.output.path))
     if gates.any or args.baseline:
         return compare.gate_command(baseline, cfg.output.path, gates)
