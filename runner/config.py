@@ -407,16 +407,18 @@ def _format_error(err: ValidationError) -> str:
     return f"{where}: {msg}{shown}"
 
 
-def build_config(tree: dict) -> JobConfig:
-    """Validate a plain dict into a JobConfig, raising ConfigError with one line."""
+def build_config(tree: dict, kind: type[JobConfig] = JobConfig) -> JobConfig:
+    """Validate a plain dict into a JobConfig (or a job kind's subclass), raising ConfigError with one line."""
     try:
-        return JobConfig.model_validate(tree)
+        return kind.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> JobConfig:
-    """Read a YAML config (or none) and apply overrides."""
+def load_config(
+    path: str | Path | None, overrides: list[str] | None = None, kind: type[JobConfig] = JobConfig
+) -> JobConfig:
+    """Read a YAML config (or none) and apply overrides; `kind` is the job kind's config class."""
     tree: dict = {}
     if path is not None:
         path = Path(path)
@@ -428,4 +430,4 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
-    return build_config(apply_overrides(tree, overrides or []))
+    return build_config(apply_overrides(tree, overrides or []), kind)

@@ -18,6 +18,7 @@ from runner.engine import adapters, constraints, logprobs
 from runner.engine.continuous import ContinuousGenerator
 from runner.engine.loading import Devices, load_model, load_tokenizer
 from runner.engine.padded import PaddedGenerator
+from runner.engine.scoring import LoglikelihoodScorer, ScoreRequest, ScoreResult
 from runner.engine.types import Completion, Request
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Engine:
         self.strategy = resolve_strategy(self.batching.strategy, model_devices(self.model))
         self.strategy = adapters.strategy_for(self.strategy, model)
         self.generator = STRATEGIES[self.strategy](self.model, self.tokenizer, sampling, self.batching)
+        self.scorer = LoglikelihoodScorer(self.model, self.batching)
         log.info(
             "engine ready: %s on %s, strategy %s, %d torch threads",
             type(self.model).__name__,
@@ -97,6 +99,11 @@ class Engine:
         if logprobs.wanted(self.sampling):
             logprobs.attach(self.model, requests, done, self.sampling)
         return done
+
+    def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        """Summed log-probability of each request's continuation after its context, and whether it is
+        the greedy continuation; in request order (`runner.engine.scoring`)."""
+        return self.scorer.score(requests)
 
     def announce(self) -> AbstractContextManager:
         """Context for a caller that is about to prepare and submit rows from another thread (a Ray
