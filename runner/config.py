@@ -319,7 +319,8 @@ class JobConfig(_Strict):
 
     @model_validator(mode="after")
     def _adapter_column_needs_adapters(self) -> JobConfig:
-        if self.data.adapter_column and not self.model.adapters:
+        # A job kind may have no single data section (eval's `tasks`).
+        if getattr(self.data, "adapter_column", None) and not self.model.adapters:
             raise ValueError("data.adapter_column needs model.adapters ({name: path, ...})")
         return self
 
