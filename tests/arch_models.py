@@ -284,6 +284,24 @@ SPECS = [
         "generate",
         refuses=frozenset({"padded", "continuous"}),
     ),
+    Spec(
+        "jamba",
+        "JambaConfig",
+        {
+            **COMMON,
+            **LLAMA_LIKE,
+            "num_experts": 2,
+            "num_experts_per_tok": 1,
+            "expert_layer_period": 2,
+            "expert_layer_offset": 1,
+            "attn_layer_period": 2,
+            "attn_layer_offset": 1,
+            "use_mamba_kernels": False,
+        },
+        "hybrid state-space + attention + MoE",
+        "generate",
+        refuses=frozenset({"padded", "continuous"}),
+    ),
 ]
 BY_NAME = {s.name: s for s in SPECS}
 

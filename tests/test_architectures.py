@@ -183,3 +183,65 @@ def test_attention_auto_falls_back_by_what_the_model_class_supports():
 def test_an_explicit_attention_the_model_cannot_use_fails_while_the_engine_is_built(built):
     with pytest.raises(ConfigError, match=r"^model.attention: BloomForCausalLM does not support sdpa"):
         Engine(ModelConfig(path=str(built("bloom")), attention="sdpa"), SamplingConfig())
+
+
+def test_flash_attention_does_not_count_for_a_model_that_lists_other_flash_kernels():
+    from transformers import GptOssForCausalLM, LlamaForCausalLM
+
+    assert not AttentionSupport.of(GptOssForCausalLM).flash and AttentionSupport.of(LlamaForCausalLM).flash
+
+
+def test_the_token_budget_estimate_covers_a_state_space_model(built):
+    from transformers import AutoModelForCausalLM
+
+    from runner.engine.memory import bytes_per_token
+
+    assert bytes_per_token(AutoModelForCausalLM.from_pretrained(built("mamba"))) > 0
+
+
+def _attend(q, k, v, q_pos, k_pos, window, softcap, sinks):
+    """Reference attention of one sequence by absolute positions [heads, q, d] (keys repeated per group)."""
+    k = k.repeat_interleave(q.shape[0] // k.shape[0], dim=0)
+    v = v.repeat_interleave(q.shape[0] // v.shape[0], dim=0)
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    distance = q_pos[:, None] - k_pos[None, :]
+    seen = (distance >= 0) & ((distance < window) if window else True)
+    scores = scores.masked_fill(~seen, float("-inf"))
+    if sinks is not None:
+        scores = torch.cat([scores, sinks[:, None, None].expand(-1, scores.shape[1], 1)], dim=-1)
+        return scores.softmax(-1)[..., :-1] @ v
+    return scores.softmax(-1) @ v
+
+
+@pytest.mark.parametrize(
+    ("window", "softcap", "sinks"), [(None, None, False), (4, None, False), (4, 0.5, False), (3, None, True)]
+)
+def test_paged_attention_applies_windows_softcaps_and_sinks_per_sequence(window, softcap, sinks):
+    """Packed sequences as a sliding group's paged cache returns them: a prefill longer than the window,
+    a decode step, and a prefill chunk after cached keys."""
+    from runner.engine.paged_attention import _sequence_loop
+
+    torch.manual_seed(0)
+    shapes = [(7, 7, 0), (1, 5, 12), (6, 9, 20)]  # (new queries, keys incl. cache, first key position)
+    cu_q = torch.tensor([0, 7, 8, 14])
+    cu_k = torch.tensor([0, 7, 12, 21])
+    query, key, value = torch.randn(1, 4, 14, 8) * 3, torch.randn(1, 2, 21, 8), torch.randn(1, 2, 21, 8)
+    sink = torch.randn(4) if sinks else None
+    layer = {"window": window, "softcap": softcap, "sinks": sink}
+    out = _sequence_loop(query, key, value, {"cu_seq_lens_q": cu_q, "cu_seq_lens_k": cu_k}, None, layer)
+    for i, (q_len, k_len, start) in enumerate(shapes):
+        k_pos = torch.arange(start, start + k_len)
+        q_pos = k_pos[-q_len:]
+        expected = _attend(
+            query[0, :, cu_q[i] : cu_q[i + 1]],
+            key[0, :, cu_k[i] : cu_k[i + 1]],
+            value[0, :, cu_k[i] : cu_k[i + 1]],
+            q_pos,
+            k_pos,
+            window,
+            softcap,
+            sink,
+        ).transpose(0, 1)
+        assert torch.allclose(out[0, cu_q[i] : cu_q[i + 1]], expected, atol=1e-5), (i, window, softcap)

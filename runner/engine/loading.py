@@ -72,9 +72,15 @@ class AttentionSupport:
 
     @classmethod
     def of(cls, model_class) -> AttentionSupport:
+        # A class listing `_compatible_flash_implementations` without flash_attention_2 (GPT-OSS: its
+        # attention sinks) would be switched by transformers to a hub kernel, or lose its sinks in the
+        # flash_attn package (modeling_utils._check_and_adjust_attn_implementation,
+        # modeling_flash_attention_utils._process_flash_attention_kwargs): FA2 does not count for it.
+        compatible = getattr(model_class, "_compatible_flash_implementations", None)
         return cls(
             model=model_class.__name__,
-            flash=bool(getattr(model_class, "_supports_flash_attn", False)),
+            flash=bool(getattr(model_class, "_supports_flash_attn", False))
+            and (compatible is None or "flash_attention_2" in compatible),
             sdpa=bool(getattr(model_class, "_supports_sdpa", False)),
         )
 
