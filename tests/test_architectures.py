@@ -245,3 +245,28 @@ def test_paged_attention_applies_windows_softcaps_and_sinks_per_sequence(window,
             sink,
         ).transpose(0, 1)
         assert torch.allclose(out[0, cu_q[i] : cu_q[i + 1]], expected, atol=1e-5), (i, window, softcap)
+
+
+def test_the_generate_strategy_ignores_generation_settings_of_the_checkpoint(built, tmp_path):
+    """A checkpoint's repetition penalty is not part of the job: every strategy computes the same rows."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    path = tmp_path / "llama-penalised"
+    shutil.copytree(built("llama"), path)
+    settings = GenerationConfig.from_pretrained(path)
+    settings.repetition_penalty, settings.no_repeat_ngram_size = 5.0, 1
+    settings.save_pretrained(path)
+    rows = {}
+    for strategy in ["padded", "generate"]:
+        engine = Engine(
+            ModelConfig(path=str(path), dtype="float32"), SamplingConfig(), BatchingConfig(strategy=strategy)
+        )
+        ids = engine.tokenize(PROMPTS[:5])
+        rows[strategy] = [
+            c.token_ids for c in engine.generate([Request(str(i), p, 12) for i, p in enumerate(ids)])
+        ]
+        engine.close()
+    assert rows["generate"] == rows["padded"]
+    assert any(len(set(r[0])) < len(r[0]) for r in rows["padded"])  # rows repeat: a penalty would show

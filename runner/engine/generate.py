@@ -87,8 +87,6 @@ class GenerateGenerator:
         from transformers import GenerationConfig, LogitsProcessorList
 
         ids = torch.tensor([s.request.prompt_ids for s in seqs], device=self.model.device)
-        # A config of our own, not the model's: its sampling settings, repetition penalties etc. are not
-        # part of the job (the other strategies ignore them too); greedy, plus our noise when sampling.
         config = GenerationConfig(
             max_new_tokens=max(s.request.max_new_tokens for s in seqs),
             do_sample=False,
@@ -99,12 +97,21 @@ class GenerateGenerator:
         processors = None
         if not self.sampling.greedy:
             processors = LogitsProcessorList([*warpers(self.sampling), KeyedNoise([s.key for s in seqs])])
-        out = self.model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            generation_config=config,
-            logits_processor=processors,
-        )
+        # `generate` fills every setting our config leaves unset from `model.generation_config`
+        # (generation/utils.py _prepare_generation_config), so a checkpoint's repetition penalty,
+        # suppressed tokens or sampling defaults would apply here but not in the other strategies, which
+        # follow only the job's sampling section. The model's own config is swapped out for the call
+        # (under the lock: only this strategy runs the model).
+        saved, self.model.generation_config = self.model.generation_config, GenerationConfig()
+        try:
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                generation_config=config,
+                logits_processor=processors,
+            )
+        finally:
+            self.model.generation_config = saved
         return out[:, ids.shape[1] :].tolist()
 
     def close(self) -> None:
