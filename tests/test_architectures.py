@@ -14,8 +14,8 @@ import torch
 from runner.config import BatchingConfig, ModelConfig, SamplingConfig
 from runner.engine import Engine, Request
 from runner.engine.architecture import Architecture, continuous_refusal, padded_refusal
-from runner.engine.engine import choose_strategy
 from runner.engine.loading import AttentionSupport, Devices, resolve_attention
+from runner.engine.strategy import choose_strategy
 from runner.errors import ConfigError
 from tests import arch_models
 from tests.arch_models import LIMITS, PROMPTS, SPECS
@@ -270,3 +270,24 @@ def test_the_generate_strategy_ignores_generation_settings_of_the_checkpoint(bui
         engine.close()
     assert rows["generate"] == rows["padded"]
     assert any(len(set(r[0])) < len(r[0]) for r in rows["padded"])  # rows repeat: a penalty would show
+
+
+def test_a_strategy_failing_at_start_is_skipped_by_auto_and_refused_when_explicit(built, monkeypatch, caplog):
+    """Something no property announces makes a strategy fail: found by the start-up probe, not per row."""
+    from runner.engine.padded import PaddedGenerator
+
+    def broken(self, requests):
+        raise RuntimeError("The size of tensor a (8) must match the size of tensor b (351)")
+
+    monkeypatch.setattr(PaddedGenerator, "run", broken)
+    model = ModelConfig(path=str(built("llama")), dtype="float32")
+    with caplog.at_level("WARNING"):
+        engine = Engine(model, SamplingConfig(max_new_tokens=3), BatchingConfig(strategy="auto"))
+    assert engine.strategy == "continuous" and "strategy padded fails on LlamaForCausalLM" in caplog.text
+    engine.close()
+    with pytest.raises(
+        ConfigError,
+        match=r"^batching.strategy: padded fails on LlamaForCausalLM at start \(RuntimeError: The size .*\); "
+        r"use continuous or generate \(or auto\)$",
+    ):
+        Engine(model, SamplingConfig(), BatchingConfig(strategy="padded"))

@@ -48,6 +48,8 @@ class Architecture:
     @classmethod
     def of(cls, model) -> Architecture:
         """Read the properties off a loaded transformers model."""
+        # An adapter wrapper (peft's PeftModel) forwards everything to the model it wraps: judge that one.
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model
         config = model.config.get_text_config(decoder=True)
         return cls(
             name=type(model).__name__,
