@@ -152,13 +152,13 @@ def test_auto_picks_continuous_on_one_gpu_only_where_it_is_exact(built):
 
 
 def test_refusals_name_the_reason():
-    plain = Architecture("M", ("full_attention",) * 2, False, True, True, frozenset(), None)
+    plain = Architecture("M", ("full_attention",) * 2, False, True, True, frozenset())
     assert padded_refusal(plain) is None and continuous_refusal(plain) is None
-    hybrid = Architecture("J", ("full_attention", "linear_attention"), False, True, True, frozenset(), None)
+    hybrid = Architecture("J", ("full_attention", "linear_attention"), False, True, True, frozenset())
     assert "linear_attention layers" in padded_refusal(hybrid)
-    chunked = Architecture("L4", ("chunked_attention",), False, True, True, frozenset(), None)
+    chunked = Architecture("L4", ("chunked_attention",), False, True, True, frozenset())
     assert "chunked_attention" in continuous_refusal(chunked)
-    longrope = Architecture("P3", ("full_attention",), False, True, True, frozenset({"longrope"}), None)
+    longrope = Architecture("P3", ("full_attention",), False, True, True, frozenset({"longrope"}))
     assert "longrope rotary scaling" in padded_refusal(longrope)
     with pytest.raises(
         ConfigError, match=r"^batching.strategy: padded cannot be exact for J: .*; use generate"

@@ -43,7 +43,6 @@ class Architecture:
     attention_backend: bool  # attention goes through transformers' AttentionInterface
     takes_position_ids: bool
     rope_types: frozenset[str]
-    sliding_window: int | None
 
     @classmethod
     def of(cls, model) -> Architecture:
@@ -58,7 +57,6 @@ class Architecture:
             attention_backend=bool(getattr(model, "_supports_attention_backend", False)),
             takes_position_ids="position_ids" in inspect.signature(model.forward).parameters,
             rope_types=frozenset(rope_types(config)),
-            sliding_window=getattr(config, "sliding_window", None),
         )
 
 
