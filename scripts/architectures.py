@@ -40,7 +40,7 @@ def gpu_choice(path: Path) -> str:
     from transformers import AutoModelForCausalLM
 
     from runner.engine.architecture import Architecture
-    from runner.engine.engine import choose_strategy
+    from runner.engine.strategy import choose_strategy
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return choose_strategy("auto", {"cuda:0"}, Architecture.of(model))[0]

@@ -291,3 +291,14 @@ def test_a_strategy_failing_at_start_is_skipped_by_auto_and_refused_when_explici
         r"use continuous or generate \(or auto\)$",
     ):
         Engine(model, SamplingConfig(), BatchingConfig(strategy="padded"))
+
+
+def test_auto_logs_the_strategy_and_attention_it_picked_and_why(built, caplog):
+    with caplog.at_level("INFO"):
+        engine = Engine(ModelConfig(path=str(built("bloom")), dtype="float32"), SamplingConfig())
+    engine.close()
+    assert "attention: eager (FlashAttention-2 not used: BloomForCausalLM does not support it;" in caplog.text
+    assert (
+        "strategy generate for BloomForCausalLM: auto: padded is not exact for BloomForCausalLM "
+        "(its forward takes no position_ids" in caplog.text
+    )
