@@ -115,7 +115,7 @@ def continuous_refusal(arch: Architecture) -> str | None:
     return None
 
 
-REFUSALS = {"continuous": continuous_refusal, "padded": padded_refusal, "generate": lambda arch: None}
+REFUSALS = {"padded": padded_refusal, "continuous": continuous_refusal, "generate": lambda arch: None}
 
 
 def exact_strategies(arch: Architecture) -> list[str]:
