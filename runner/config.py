@@ -234,10 +234,11 @@ class SamplingConfig(_Strict):
 class BatchingConfig(_Strict):
     """How a replica groups rows into generate calls."""
 
-    strategy: Literal["auto", "padded", "continuous"] = Field(
+    strategy: Literal["auto", "padded", "continuous", "generate"] = Field(
         "auto",
         description="padded: length-sorted static batches, finished rows leave; continuous: packed, paged KV "
-        "cache, rows join and leave every step; auto: continuous, or padded for a model split over devices",
+        "cache, rows join and leave every step; generate: model.generate on equal-length prompts (any "
+        "model, e.g. state-space); auto: the faster strategy exact for the model (continuous on one GPU)",
     )
     token_budget: int | None = Field(
         None,

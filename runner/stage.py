@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from runner.config import JobConfig
 from runner.engine import Completion, Request
+from runner.errors import ConfigError
 from runner.extra_outputs import ExtraColumns
 from runner.io.outputs import OUTPUT_COLUMNS
 from runner.prompts import PromptBuilder, RowError
@@ -87,8 +88,20 @@ class GenerationStage:
         self.engine = engine or Engine(cfg.model, cfg.sampling, cfg.batching, cfg.placement)
         self.prompts = PromptBuilder(cfg.data.prompt, self.engine.tokenizer)
         self.options = RowOptions(cfg)  # per-row sampling / schema / adapter columns
+        self._check_row_options(cfg)
         self.extra_columns = ExtraColumns(cfg, self.engine.tokenizer)  # columns only some options add
         self.replica = replica_label()
+
+    def _check_row_options(self, cfg: JobConfig) -> None:
+        """Per-row option columns the engine's strategy cannot honour fail at start, not on every row."""
+        if getattr(self.engine, "row_options_supported", True):
+            return
+        fields = [f for f in RowOptions.COLUMN_FIELDS if getattr(cfg.data, f, None)]
+        if fields:
+            raise ConfigError(
+                f"data.{fields[0]}: per-row options are not supported for this model, which runs with "
+                f"the {self.engine.strategy} strategy only"
+            )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.cpu_threads:  # Ray runs concurrent batches on threads of its own: set in each

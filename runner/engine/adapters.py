@@ -52,12 +52,18 @@ def apply(model, cfg: ModelConfig):
     return model.eval()
 
 
-def strategy_for(strategy: str, cfg: ModelConfig) -> str:
-    """padded when several adapters are loaded (see module docstring), else the strategy unchanged."""
-    if cfg.adapters and strategy != "padded":
-        log.info("model.adapters: rows of different adapters cannot share a continuous batch; using padded")
-        return "padded"
-    return strategy
+def plan_for(plan: list[tuple[str, str]], cfg: ModelConfig, padded_refusal: str | None) -> list:
+    """The strategy plan with several adapters: padded only (see module docstring), or a ConfigError
+    when padded is not exact for the model (`padded_refusal`, from runner.engine.architecture)."""
+    if not cfg.adapters or all(strategy == "padded" for strategy, _ in plan):
+        return plan
+    if padded_refusal is not None:
+        raise ConfigError(
+            f"model.adapters: several adapters need the padded strategy, which is not exact for this "
+            f"model ({padded_refusal}); use model.adapter (merged) instead"
+        )
+    log.info("model.adapters: rows of different adapters cannot share a continuous batch; using padded")
+    return [("padded", "model.adapters: several adapters run in padded batches, one adapter each")]
 
 
 _ACTIVE = threading.Lock()
