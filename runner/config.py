@@ -203,6 +203,14 @@ class OutputConfig(_Strict):
         "outputs/job", min_length=1, description="output directory (local or pyarrow/fsspec URI)"
     )
     rows_per_file: int = Field(10000, ge=1, description="rows per Parquet file")
+    flush_seconds: float = Field(
+        60.0, gt=0, description="commit buffered rows at least this often (bounds what a kill loses)"
+    )
+    lease_timeout_s: float = Field(
+        120.0,
+        ge=3,
+        description="a driver's lease on output.path is taken over after this long without heartbeat",
+    )
 
 
 class RetryConfig(_Strict):

@@ -20,6 +20,7 @@ exactly-once here: a row is done iff its id is in a committed part.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from runner.config import JobConfig
 from runner.demo_model import SIZES, is_demo
 from runner.errors import ConfigError, JobFailed
 from runner.io.inputs import read_input
+from runner.io.lease import LeaseLost
 from runner.jobdir import JobDir
 from runner.progress import Progress
 from runner.signals import Interrupted, StopSignals
@@ -87,35 +89,49 @@ class Job:
         self.dir = JobDir(cfg.output.path)
 
     def preflight(self, overwrite: bool) -> pa.Table:
-        """Every check that needs no cluster: model path, input and its columns, output directory."""
+        """Every check that needs no cluster: model path, input and its columns, output directory.
+
+        `run` does the same with the directory's lease held between the two halves."""
+        table = self.check_input()
+        self.check_output(overwrite)
+        return table
+
+    def check_input(self) -> pa.Table:
+        """Model path, kernels the config demands, the input and its columns: nothing is written."""
         check_model_path(self.cfg.model.path)
         check_demands(self.cfg)
-        table = self.read(self.cfg)
+        return self.read(self.cfg)
+
+    def check_output(self, overwrite: bool) -> None:
+        """The output directory: writable, temps a crash left removed, an earlier run's settings match."""
         self.dir.prepare()
         self.dir.check_previous(self.cfg, overwrite)
-        return table
 
     def run(self, overwrite: bool = False, max_error_rate: float | None = None) -> dict:
         """Run to completion and return the summary (also written to the directory).
 
-        SIGINT / SIGTERM raise `Interrupted` after committing what is complete; rerunning resumes.
+        The output directory's lease is taken before anything is written to it and held to the end,
+        so two drivers never write one directory. SIGINT / SIGTERM raise `Interrupted` after
+        committing what is complete; rerunning resumes.
         """
         with StopSignals() as signals:
-            table = self.preflight(overwrite)
-            cluster.connect(self.cfg.ray)
-            pool = cluster.plan_pool(self.cfg.placement, cluster.gpus_per_node())
-            if overwrite:  # only now, so a config that fails its checks destroys nothing
-                removed = self.dir.clear()
-                log.info("--overwrite: removed %d file(s) of the previous run", len(removed))
-            todo, skipped = self.dir.pending(table)
-            log.info(
-                "%d rows to do (%d already done), %d replica(s) x %d GPU",
-                todo.num_rows,
-                skipped,
-                pool.replicas,
-                pool.gpus_per_replica,
-            )
-            summary = self._stream(pool, todo, JobStats(rows_skipped=skipped), signals)
+            table = self.check_input()
+            with self.dir.lease(self.cfg.output.lease_timeout_s):
+                self.check_output(overwrite)
+                cluster.connect(self.cfg.ray)
+                pool = cluster.plan_pool(self.cfg.placement, cluster.gpus_per_node())
+                if overwrite:  # only now, so a config that fails its checks destroys nothing
+                    removed = self.dir.clear()
+                    log.info("--overwrite: removed %d file(s) of the previous run", len(removed))
+                todo, skipped = self.dir.pending(table)
+                log.info(
+                    "%d rows to do (%d already done), %d replica(s) x %d GPU",
+                    todo.num_rows,
+                    skipped,
+                    pool.replicas,
+                    pool.gpus_per_replica,
+                )
+                summary = self._stream(pool, todo, JobStats(rows_skipped=skipped), signals)
         check_error_rate(summary, max_error_rate)
         return summary
 
@@ -130,7 +146,9 @@ class Job:
             return summary
 
         finish("running")  # before the first part: a killed run still says which config wrote them
-        writer = self.dir.writer(self.cfg.output.rows_per_file)
+        out = self.cfg.output
+        writer = self.dir.writer(out.rows_per_file, out.flush_seconds)
+        flusher = _Flusher(writer, out.flush_seconds)
         try:
             with Progress(todo.num_rows) as progress:
                 batches = cluster.results(todo, self.cfg, pool, self.stage) if todo.num_rows else []
@@ -139,10 +157,15 @@ class Job:
                         writer.write(batch)
                     stats.add(batch)
                     progress.update(batch.num_rows, stats)
+        except LeaseLost:
+            flusher.stop()
+            raise  # another driver owns the directory now: write nothing more, not even the summary
         except BaseException as err:
+            flusher.stop()
             self._commit_rest(writer, signals)
             finish("interrupted" if isinstance(err, Interrupted) else "failed")
             raise
+        flusher.stop()
         self._commit_rest(writer, signals)
         return finish("done")
 
@@ -154,6 +177,10 @@ class Job:
 
     def _summary(self, pool: cluster.Pool, stats: JobStats, status: str, restarts: int | None) -> dict:
         rows, errors = self.dir.counts()
+        if status != "running":  # a full read of the ids: once, at the end
+            extra = {"output_ids_distinct": self.dir.distinct_ids()}
+        else:
+            extra = {}
         return build_summary(
             self.cfg,
             stats,
@@ -163,8 +190,33 @@ class Job:
             replica_restarts=restarts,
             output_rows=rows,
             output_rows_error=errors,
+            **extra,
             **self.summary_extra(self.dir),
         )
+
+
+class _Flusher:
+    """Commits the writer's buffer on time while the driver waits on Ray for the next batch."""
+
+    def __init__(self, writer, flush_seconds: float):
+        self.writer = writer
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._period = max(0.5, min(5.0, flush_seconds / 4))
+        self._thread = threading.Thread(target=self._loop, name="output-flush", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._period):
+            try:
+                self.writer.flush_due()
+            except BaseException as err:  # noqa: BLE001 - the next commit on the main thread raises it again
+                log.warning("timed flush failed: %s", err)
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def check_error_rate(summary: dict, max_error_rate: float | None) -> None:

@@ -6,6 +6,7 @@ input; resume matches committed output rows by these ids.
 
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import os
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 
 from runner.config import DataConfig
 from runner.errors import InputError
-from runner.io.outputs import OUTPUT_COLUMNS
+from runner.io.outputs import INPUT_ERROR, OUTPUT_COLUMNS
 from runner.prompts import template_variables
 
 EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -160,7 +161,7 @@ def _read_file(path: str, fmt: str) -> pa.Table:
         if fmt in ("json", "jsonl"):
             return _read_json(path)
         if fmt == "csv":
-            return pyarrow.csv.read_csv(path)
+            return _read_csv(path)
         if fmt == "parquet":
             return pq.read_table(path)
     except (pa.ArrowException, OSError, ValueError) as err:
@@ -173,7 +174,12 @@ def _read_json(path: str) -> pa.Table:
     with open(path, encoding="utf-8") as handle:
         head = handle.read(4096).lstrip()
         if not head.startswith("["):
-            return pyarrow.json.read_json(path)
+            try:
+                return pyarrow.json.read_json(path)
+            except pa.ArrowInvalid:
+                # A malformed line or a column whose type changes: read it row by row instead,
+                # so each bad line becomes that row's error row rather than a failed job.
+                return read_jsonl_rows(path)
         handle.seek(0)
         rows = json.load(handle)
     if not all(isinstance(row, dict) for row in rows):
@@ -181,6 +187,70 @@ def _read_json(path: str) -> pa.Table:
     # from_pylist would keep only the first row's keys; a key missing from a row becomes null.
     keys = dict.fromkeys(key for row in rows for key in row)
     return pa.Table.from_pydict({key: [row.get(key) for row in rows] for key in keys})
+
+
+def _read_csv(path: str) -> pa.Table:
+    # CSV is text: every column is read as a string, so ids like `007` or `NA` stay what they say
+    # (inference would make them 7 and null). A per-row max_new_tokens column accepts digit strings.
+    with open(path, encoding="utf-8", newline="") as handle:
+        header = next(csv.reader(handle), [])
+    types = {name: pa.string() for name in header}
+    return pyarrow.csv.read_csv(path, convert_options=pyarrow.csv.ConvertOptions(column_types=types))
+
+
+def read_jsonl_rows(path: str) -> pa.Table:
+    """JSON Lines parsed line by line: a line that is not a JSON object, or a value whose type differs
+    from the column's (the first value's kind), becomes a row with an `_input_error`, not a failure."""
+    rows: list[dict] = []
+    errors: list[str | None] = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+                if not isinstance(row, dict):
+                    raise ValueError(f"a {type(row).__name__}, not an object")
+            except ValueError as err:  # UnicodeDecodeError and JSONDecodeError included
+                rows.append({})
+                errors.append(
+                    f"{os.path.basename(path)} line {number}: not a JSON object ({_first_line(err)})"
+                )
+                continue
+            rows.append(row)
+            errors.append(None)
+    keys = dict.fromkeys(key for row in rows for key in row)
+    columns = {key: _column(key, [row.get(key) for row in rows], errors) for key in keys}
+    if any(errors):
+        columns[INPUT_ERROR] = pa.array(errors, pa.string())
+    return pa.Table.from_pydict(columns)
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__
+
+
+def _column(name: str, values: list, errors: list[str | None]) -> pa.Array:
+    """One column; values of another kind than the column's first are nulled and their rows flagged."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        pass
+    first = next(_kind(v) for v in values if v is not None)
+    for i, value in enumerate(values):
+        if value is not None and _kind(value) != first:
+            errors[i] = (
+                errors[i] or f"column {name!r} is {_kind(value)} {value!r:.40}, other rows hold {first}"
+            )
+            values[i] = None
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # nested values that still disagree
+        return pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
 
 
 def _read_saved(source: str, split: str) -> pa.Table:
@@ -228,7 +298,16 @@ def _with_ids(table: pa.Table, id_column: str | None) -> pa.Table:
         raise InputError(f"data.id_column: column '{id_column}' not in input (columns: {listed})")
     if id_column != "id" and "id" in table.column_names:
         raise InputError("data.id_column: input also has a column 'id'; rename it or use data.id_column: id")
-    ids = _checked_ids(table.column(id_column), id_column)
+    column = table.column(id_column)
+    if INPUT_ERROR in table.column_names:
+        # A line that could not be parsed has no id of its own: name it by its position instead.
+        unnamed = pc.and_(pc.is_null(column), pc.is_valid(table.column(INPUT_ERROR)))
+        column = pc.if_else(
+            unnamed,
+            pc.binary_join_element_wise("input-error-row-", position_ids(len(column)), ""),
+            column.cast(pa.string()),
+        )
+    ids = _checked_ids(column, id_column)
     return table.drop_columns([id_column]).add_column(0, "id", ids)
 
 
