@@ -187,6 +187,9 @@ class BatchingConfig(_Strict):
         le=1,
         description="padded: pad positions allowed in a prefill, as a share of its prompt tokens",
     )
+    stall_timeout_s: float | None = Field(
+        600.0, gt=0, description="an engine call with no forward pass for this long fails as engine errors"
+    )
     rows_per_task: int = Field(256, ge=1, description="rows a replica receives per Ray Data batch")
     batches_in_flight: int = Field(
         2,

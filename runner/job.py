@@ -30,8 +30,8 @@ from runner import cluster
 from runner.config import JobConfig
 from runner.demo_model import SIZES, is_demo
 from runner.errors import ConfigError, JobFailed
-from runner.io.inputs import read_input
 from runner.io.lease import LeaseLost
+from runner.io.stream import StreamedInput, open_input
 from runner.jobdir import JobDir
 from runner.progress import Progress
 from runner.signals import Interrupted, StopSignals
@@ -71,24 +71,26 @@ def check_demands(cfg: JobConfig) -> None:
 class Job:
     """One run of a job kind over its input, into `cfg.output.path`.
 
-    `read(cfg)` returns the input rows (first column `id`); `stage` is the Ray Data UDF class the
-    replicas run (constructed with `cfg=`); `summary_extra(job_dir)` adds a kind's own summary fields.
+    `read(cfg)` returns the input rows: a table whose first column is `id`, or a `StreamedInput`
+    (the default: `runner.io.stream.open_input(cfg.data)`, read by Ray Data on the workers, so the
+    driver's memory does not grow with the input). `stage` is the Ray Data UDF class the replicas
+    run (constructed with `cfg=`); `summary_extra(job_dir)` adds a kind's own summary fields.
     """
 
     def __init__(
         self,
         cfg: JobConfig,
         stage: type | None = None,
-        read: Callable[[JobConfig], pa.Table] | None = None,
+        read: Callable[[JobConfig], pa.Table | StreamedInput] | None = None,
         summary_extra: Callable[[JobDir], dict] | None = None,
     ):
         self.cfg = cfg
         self.stage = stage
-        self.read = read or (lambda c: read_input(c.data))
+        self.read = read or (lambda c: open_input(c.data))
         self.summary_extra = summary_extra or (lambda _dir: {})
         self.dir = JobDir(cfg.output.path)
 
-    def preflight(self, overwrite: bool) -> pa.Table:
+    def preflight(self, overwrite: bool) -> pa.Table | StreamedInput:
         """Every check that needs no cluster: model path, input and its columns, output directory.
 
         `run` does the same with the directory's lease held between the two halves."""
@@ -96,7 +98,7 @@ class Job:
         self.check_output(overwrite)
         return table
 
-    def check_input(self) -> pa.Table:
+    def check_input(self) -> pa.Table | StreamedInput:
         """Model path, kernels the config demands, the input and its columns: nothing is written."""
         check_model_path(self.cfg.model.path)
         check_demands(self.cfg)
@@ -107,7 +109,9 @@ class Job:
         self.dir.prepare()
         self.dir.check_previous(self.cfg, overwrite)
 
-    def run(self, overwrite: bool = False, max_error_rate: float | None = None) -> dict:
+    def run(
+        self, overwrite: bool = False, max_error_rate: float | None = None, retry_errors: bool = False
+    ) -> dict:
         """Run to completion and return the summary (also written to the directory).
 
         The output directory's lease is taken before anything is written to it and held to the end,
@@ -123,19 +127,25 @@ class Job:
                 if overwrite:  # only now, so a config that fails its checks destroys nothing
                     removed = self.dir.clear()
                     log.info("--overwrite: removed %d file(s) of the previous run", len(removed))
+                retried = self.dir.drop_retryable_errors() if retry_errors and not overwrite else 0
+                if retried:
+                    log.info(
+                        "--retry-errors: %d error row(s) of earlier runs will be generated again", retried
+                    )
                 todo, skipped = self.dir.pending(table)
                 log.info(
                     "%d rows to do (%d already done), %d replica(s) x %d GPU",
-                    todo.num_rows,
+                    _rows(todo),
                     skipped,
                     pool.replicas,
                     pool.gpus_per_replica,
                 )
-                summary = self._stream(pool, todo, JobStats(rows_skipped=skipped), signals)
+                stats = JobStats(rows_skipped=skipped, rows_retried=retried)
+                summary = self._stream(pool, todo, stats, signals)
         check_error_rate(summary, max_error_rate)
         return summary
 
-    def _stream(self, pool: cluster.Pool, todo: pa.Table, stats: JobStats, signals: StopSignals) -> dict:
+    def _stream(self, pool: cluster.Pool, todo, stats: JobStats, signals: StopSignals) -> dict:
         """Stream the stage's output into part files; the summary records how it ended, always."""
         restarts = cluster.RestartCounter()
 
@@ -150,8 +160,8 @@ class Job:
         writer = self.dir.writer(out.rows_per_file, out.flush_seconds)
         flusher = _Flusher(writer, out.flush_seconds)
         try:
-            with Progress(todo.num_rows) as progress:
-                batches = cluster.results(todo, self.cfg, pool, self.stage) if todo.num_rows else []
+            with Progress(_rows(todo)) as progress:
+                batches = cluster.results(todo, self.cfg, pool, self.stage) if _rows(todo) else []
                 for batch in batches:
                     with signals.hold():
                         writer.write(batch)
@@ -193,6 +203,11 @@ class Job:
             **extra,
             **self.summary_extra(self.dir),
         )
+
+
+def _rows(todo) -> int:
+    """Rows to do: a table's rows, or a streamed input's planned count (see `JobDir.pending`)."""
+    return todo.num_rows if isinstance(todo, pa.Table) else todo.rows
 
 
 class _Flusher:

@@ -19,6 +19,7 @@ from runner.config import JobConfig
 from runner.engine import Completion, Request
 from runner.io.outputs import INPUT_ERROR, OUTPUT_COLUMNS
 from runner.prompts import PromptBuilder, RowError
+from runner.watchdog import Stalled, Watchdog
 
 if TYPE_CHECKING:
     from runner.engine import Engine
@@ -116,8 +117,11 @@ class GenerationStage:
         self.engine = engine or Engine(cfg.model, cfg.sampling, cfg.batching, cfg.placement)
         self.prompts = PromptBuilder(cfg.data.prompt, self.engine.tokenizer)
         self.replica = replica_label()
+        self.watchdog = Watchdog(cfg.batching.stall_timeout_s)
+        self.watchdog.watch_model(self.engine.model)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        self.watchdog.restart_if_broken()
         if self.cpu_threads:  # Ray runs concurrent batches on threads of its own: set in each
             set_cpu_threads(self.cpu_threads)
         # Announced before tokenizing: batches in flight on this replica are planned together.
@@ -138,10 +142,14 @@ class GenerationStage:
         if not requests:
             return
         try:
-            done.update((c.id, c) for c in self.engine.generate(requests))
+            done.update((c.id, c) for c in self.watchdog.call(self._engine_generate, requests))
             return
         except torch.OutOfMemoryError:
             raise
+        except Stalled as err:  # the engine, not these rows: every row fails as a retryable engine error
+            log.error("%s; failing %d row(s)", err, len(requests))
+            done.update((r.id, Completion.failed(r.id, str(err))) for r in requests)
+            return
         except Exception as err:  # noqa: BLE001 - any failure of one row must not fail its batch
             if len(requests) == 1:
                 reason = f"engine: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
@@ -153,6 +161,12 @@ class GenerationStage:
         half = len(requests) // 2
         self._generate(requests[:half], done, isolated)
         self._generate(requests[half:], done, isolated)
+
+    def _engine_generate(self, requests: list[Request]) -> list[Completion]:
+        # The watchdog runs the call on a thread of its own: OpenMP's thread count is per thread.
+        if self.cpu_threads:
+            set_cpu_threads(self.cpu_threads)
+        return self.engine.generate(requests)
 
     def _prepare(self, row: dict) -> _Row:
         out = _Row(id=row["id"])

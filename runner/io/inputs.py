@@ -199,31 +199,37 @@ def _read_csv(path: str) -> pa.Table:
 
 
 def read_jsonl_rows(path: str) -> pa.Table:
+    """JSON Lines parsed line by line (see `jsonl_rows`)."""
+    with open(path, "rb") as handle:
+        return jsonl_rows(handle, os.path.basename(path))
+
+
+def jsonl_rows(lines, name: str, first_line: int = 1) -> pa.Table:
     """JSON Lines parsed line by line: a line that is not a JSON object, or a value whose type differs
-    from the column's (the first value's kind), becomes a row with an `_input_error`, not a failure."""
+    from the column's (the first value's kind), becomes a row with an `_input_error`, not a failure.
+    Blank lines are skipped (as pyarrow's reader does), so row positions match it."""
     rows: list[dict] = []
     errors: list[str | None] = []
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-                if not isinstance(row, dict):
-                    raise ValueError(f"a {type(row).__name__}, not an object")
-            except ValueError as err:  # UnicodeDecodeError and JSONDecodeError included
-                rows.append({})
-                errors.append(
-                    f"{os.path.basename(path)} line {number}: not a JSON object ({_first_line(err)})"
-                )
-                continue
-            rows.append(row)
-            errors.append(None)
+    for number, raw in enumerate(lines, first_line):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+            if not isinstance(row, dict):
+                raise ValueError(f"a {type(row).__name__}, not an object")
+        except ValueError as err:  # UnicodeDecodeError and JSONDecodeError included
+            rows.append({})
+            errors.append(f"{name} line {number}: not a JSON object ({_first_line(err)})")
+            continue
+        rows.append(row)
+        errors.append(None)
     keys = dict.fromkeys(key for row in rows for key in row)
     columns = {key: _column(key, [row.get(key) for row in rows], errors) for key in keys}
     if any(errors):
         columns[INPUT_ERROR] = pa.array(errors, pa.string())
-    return pa.Table.from_pydict(columns)
+    return (
+        pa.Table.from_pydict(columns) if columns else pa.table({INPUT_ERROR: pa.array(errors, pa.string())})
+    )
 
 
 def _kind(value) -> str:
