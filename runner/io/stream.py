@@ -389,7 +389,7 @@ class _Source:
 
     def __new__(cls, plan: _Plan, chunks: list[Chunk]):
         from ray.data import Datasource, ReadTask
-        from ray.data.block import BlockMetadata
+        from ray.data.block import BlockMetadata  # a Ray DeveloperAPI: how a ReadTask states its size
 
         class ChunkSource(Datasource):
             def estimate_inmemory_data_size(self):
