@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from runner import errors
+from runner import errors, logs
 from runner.config import JobConfig, PlacementConfig, RayConfig, RetryConfig
 from runner.errors import ConfigError, ReplicaFailed, RunnerError, root_cause
 
@@ -56,6 +56,7 @@ def connect(cfg: RayConfig) -> None:
     previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
         _init(ray, cfg)
+        logs.announce()
     finally:
         if callable(previous):
             signal.signal(signal.SIGTERM, previous)

@@ -163,9 +163,9 @@ class Job:
             with Progress(_rows(todo)) as progress:
                 batches = cluster.results(todo, self.cfg, pool, self.stage) if _rows(todo) else []
                 for batch in batches:
-                    with signals.hold():
+                    with signals.hold():  # a deferred signal fires after both: the summary counts the rows
                         writer.write(batch)
-                    stats.add(batch)
+                        stats.add(batch)
                     progress.update(batch.num_rows, stats)
         except LeaseLost:
             flusher.stop()

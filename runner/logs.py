@@ -19,6 +19,8 @@ from typing import TextIO
 OWN_LOGGERS = ("runner", "jobs")
 _FORMAT = "%(levelname)s %(name)s: %(message)s"
 _terminal: TextIO | None = None
+_path: str | None = None
+_verbose = False
 
 
 def terminal() -> TextIO:
@@ -39,8 +41,9 @@ def log_path() -> str:
 
 def setup(verbose: bool = False, debug: bool = False) -> str:
     """Configure logging for one CLI command; return the log file's path."""
-    global _terminal
-    path = log_path()
+    global _terminal, _path, _verbose
+    path = _path = log_path()
+    _verbose = verbose
     to_file = logging.FileHandler(path, encoding="utf-8")
     to_file.setFormatter(logging.Formatter("%(asctime)s " + _FORMAT))
     _terminal = sys.stderr

@@ -126,7 +126,7 @@ class GenerationStage:
             set_cpu_threads(self.cpu_threads)
         # Announced before tokenizing: batches in flight on this replica are planned together.
         with self.engine.announce():
-            rows = [self._prepare(row) for row in readable_rows(batch)]
+            rows = [self._prepare_safely(row) for row in readable_rows(batch)]
             requests = [r.request for r in rows if r.request is not None]
             done, isolated = {}, set()
             self._generate(requests, done, isolated)
@@ -167,6 +167,13 @@ class GenerationStage:
         if self.cpu_threads:
             set_cpu_threads(self.cpu_threads)
         return self.engine.generate(requests)
+
+    def _prepare_safely(self, row: dict) -> _Row:
+        try:
+            return self._prepare(row)
+        except Exception as err:  # noqa: BLE001 - a tokenizer or value surprise is this row's error
+            first = str(err).splitlines()[0] if str(err).strip() else ""
+            return _Row(id=row["id"], error=f"prepare: {type(err).__name__}: {first}")
 
     def _prepare(self, row: dict) -> _Row:
         out = _Row(id=row["id"])

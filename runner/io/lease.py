@@ -66,7 +66,11 @@ class Holder:
             return True
         except PermissionError:  # alive, another user's
             return False
-        return False
+        try:  # killed but not yet reaped by its parent: a zombie holds nothing
+            with open(f"/proc/{self.pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except (OSError, IndexError):
+            return False
 
     def describe(self, now: float) -> str:
         start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started))

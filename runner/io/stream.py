@@ -26,6 +26,7 @@ import os
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv
@@ -273,14 +274,22 @@ class _Plan:
 
 def _read_chunk(plan: _Plan, chunk: Chunk):
     """A read task's body: the chunk's rows as blocks, `id` first, committed rows dropped."""
+    table = _finish(plan, _load(plan, chunk), chunk.first_row)
+    if plan.done_ref is not None and table.num_rows:
+        table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=_done_in_range(plan, table))))
+    for offset in range(0, table.num_rows, plan.block_rows):
+        yield table.slice(offset, plan.block_rows)
+
+
+def _done_in_range(plan: _Plan, table: pa.Table) -> pa.Array:
+    """The committed ids between this chunk's smallest and largest id: a linear scan, so the hash set
+    `is_in` builds holds about a chunk's ids, not all of the job's (10 M)."""
     import ray
 
-    done = ray.get(plan.done_ref) if plan.done_ref is not None else None
-    table = _load(plan, chunk)
-    for offset in range(0, max(table.num_rows, 1), plan.block_rows):
-        block = _finish(plan, chunk, table.slice(offset, plan.block_rows), chunk.first_row + offset, done)
-        if block.num_rows:
-            yield block
+    done = ray.get(plan.done_ref)
+    bounds = pc.min_max(table.column("id"))
+    inside = pc.and_(pc.greater_equal(done, bounds["min"]), pc.less_equal(done, bounds["max"]))
+    return done.filter(inside)
 
 
 def _load(plan: _Plan, chunk: Chunk) -> pa.Table:
@@ -301,27 +310,28 @@ def _load(plan: _Plan, chunk: Chunk) -> pa.Table:
     return inputs._read_json(chunk.path)
 
 
-def _finish(plan: _Plan, chunk: Chunk, table: pa.Table, first_row: int, done) -> pa.Table:
+def _finish(plan: _Plan, table: pa.Table, first_row: int) -> pa.Table:
+    """A chunk's rows within `data.limit`, in the input's columns, with their ids first."""
     cfg = plan.cfg
     if cfg.limit is not None and first_row + table.num_rows > cfg.limit:
         table = table.slice(0, max(0, cfg.limit - first_row))
     table = conform(table, plan.columns)
     if cfg.id_column is None:
-        positions = pa.array(range(first_row, first_row + table.num_rows), pa.int64()).cast(pa.string())
+        positions = pa.array(np.arange(first_row, first_row + table.num_rows, dtype=np.int64)).cast(
+            pa.string()
+        )
         ids = pc.utf8_lpad(positions, width=plan.id_width, padding="0")
-        table = table.add_column(0, "id", ids)
-    else:
-        table = _ids_from_column(table, cfg.id_column, first_row, plan.id_width)
-    if done is not None:
-        table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=done)))
-    return table
+        return table.add_column(0, "id", ids)
+    return _ids_from_column(table, cfg.id_column, first_row, plan.id_width)
 
 
 def _ids_from_column(table: pa.Table, name: str, first_row: int, width: int) -> pa.Table:
     ids = table.column(name).cast(pa.string())
     missing = pc.is_null(ids)
     if pc.any(missing).as_py():  # a row without an id (or an unparsable line): named by its position
-        positions = pa.array(range(first_row, first_row + table.num_rows), pa.int64()).cast(pa.string())
+        positions = pa.array(np.arange(first_row, first_row + table.num_rows, dtype=np.int64)).cast(
+            pa.string()
+        )
         fallback = pc.binary_join_element_wise("input-error-row-", pc.utf8_lpad(positions, width, "0"), "")
         errors = pc.if_else(
             pc.and_(missing, pc.is_null(table.column(INPUT_ERROR))),
