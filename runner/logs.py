@@ -61,10 +61,13 @@ def setup(verbose: bool = False, debug: bool = False) -> str:
     root.handlers[:] = [to_file, to_terminal]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     logging.captureWarnings(True)  # deprecation warnings: to the file (and the terminal with --verbose)
-    logging.getLogger(__name__).info(
-        "library and Ray logs: %s%s", path, "" if verbose else " (--verbose shows them)"
-    )
     return path
+
+
+def announce() -> None:
+    """Say where Ray's logs go (called when Ray starts: a config error's output stays one line)."""
+    if _path is not None and not _verbose:
+        logging.getLogger(__name__).info("Ray and library logs: %s (--verbose shows them here)", _path)
 
 
 def _has_fd(stream) -> bool:
