@@ -6,6 +6,7 @@ One small module per command; heavy imports happen inside the command so `--help
 from __future__ import annotations
 
 import argparse
+import traceback
 
 from runner import logs
 from runner.cli import run as run_command
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(err, "exit_code", 130)
     except Exception as err:  # noqa: BLE001 - every failure becomes one line unless --debug
         if getattr(args, "debug", False):
+            # To the terminal: descriptor 2 may be the log file now (runner.logs).
+            traceback.print_exc(file=logs.terminal())
             raise
         cause = root_cause(err) or err
         message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
