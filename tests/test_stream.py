@@ -13,7 +13,7 @@ import pytest
 
 from runner.config import DataConfig
 from runner.errors import InputError
-from runner.io import stream
+from runner.io import chunks, stream
 from runner.io.inputs import read_input
 from runner.io.outputs import INPUT_ERROR
 
@@ -29,7 +29,7 @@ def local_ray():
 
 @pytest.fixture(autouse=True)
 def tiny_chunks(monkeypatch):
-    monkeypatch.setattr(stream, "CHUNK_BYTES", 64)
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", 64)
 
 
 def streamed(cfg: DataConfig, done: list[str] | None = None) -> list[dict]:

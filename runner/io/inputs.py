@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from runner.config import DataConfig
 from runner.errors import InputError
 from runner.io.outputs import INPUT_ERROR, OUTPUT_COLUMNS
+from runner.io.rows import jsonl_rows
 from runner.prompts import template_variables
 
 EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -202,61 +203,6 @@ def read_jsonl_rows(path: str) -> pa.Table:
     """JSON Lines parsed line by line (see `jsonl_rows`)."""
     with open(path, "rb") as handle:
         return jsonl_rows(handle, os.path.basename(path))
-
-
-def jsonl_rows(lines, name: str, first_line: int = 1) -> pa.Table:
-    """JSON Lines parsed line by line: a line that is not a JSON object, or a value whose type differs
-    from the column's (the first value's kind), becomes a row with an `_input_error`, not a failure.
-    Blank lines are skipped (as pyarrow's reader does), so row positions match it."""
-    rows: list[dict] = []
-    errors: list[str | None] = []
-    for number, raw in enumerate(lines, first_line):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-            if not isinstance(row, dict):
-                raise ValueError(f"a {type(row).__name__}, not an object")
-        except ValueError as err:  # UnicodeDecodeError and JSONDecodeError included
-            rows.append({})
-            errors.append(f"{name} line {number}: not a JSON object ({_first_line(err)})")
-            continue
-        rows.append(row)
-        errors.append(None)
-    keys = dict.fromkeys(key for row in rows for key in row)
-    columns = {key: _column(key, [row.get(key) for row in rows], errors) for key in keys}
-    if any(errors):
-        columns[INPUT_ERROR] = pa.array(errors, pa.string())
-    return (
-        pa.Table.from_pydict(columns) if columns else pa.table({INPUT_ERROR: pa.array(errors, pa.string())})
-    )
-
-
-def _kind(value) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    return type(value).__name__
-
-
-def _column(name: str, values: list, errors: list[str | None]) -> pa.Array:
-    """One column; values of another kind than the column's first are nulled and their rows flagged."""
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        pass
-    first = next(_kind(v) for v in values if v is not None)
-    for i, value in enumerate(values):
-        if value is not None and _kind(value) != first:
-            errors[i] = (
-                errors[i] or f"column {name!r} is {_kind(value)} {value!r:.40}, other rows hold {first}"
-            )
-            values[i] = None
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # nested values that still disagree
-        return pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
 
 
 def _read_saved(source: str, split: str) -> pa.Table:

@@ -18,7 +18,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -27,6 +26,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from runner.errors import OutputError
+from runner.io.durable import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -74,57 +74,6 @@ def _part_numbers(fs: pafs.FileSystem, root: str) -> list[int]:
 def part_name(number: int) -> str:
     """``part-00042.parquet``."""
     return f"part-{number:05d}.parquet"
-
-
-def _atomic_write(fs: pafs.FileSystem, root: str, name: str, write, replace: bool = True) -> bool:
-    """Call ``write(temp_path)`` then rename the temp file onto ``name``; durable on a local disk.
-
-    With ``replace=False`` an existing ``name`` is never replaced (returns False, temp removed): on a
-    local disk by a hard link, which fails atomically when the name exists; elsewhere by a check
-    before the move, which the directory's lease makes safe (one writer).
-    """
-    temp = f"{root}/.{name}.{uuid.uuid4().hex[:12]}.tmp"
-    write(temp)
-    final = f"{root}/{name}"
-    if not isinstance(fs, pafs.LocalFileSystem):
-        if not replace and fs.get_file_info(final).type != pafs.FileType.NotFound:
-            fs.delete_file(temp)
-            return False
-        fs.move(temp, final)
-        return True
-    _fsync_file(temp)
-    if replace:
-        os.replace(temp, final)
-    else:
-        try:
-            os.link(temp, final)
-        except FileExistsError:
-            return False
-        except OSError:  # a filesystem without hard links: check, then rename (the lease keeps one writer)
-            if os.path.exists(final):
-                return False
-            os.rename(temp, final)
-        finally:
-            if os.path.exists(temp):
-                os.unlink(temp)
-    _fsync_dir(root)
-    return True
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    # The rename is durable only once the directory entry is on disk.
-    try:
-        _fsync_file(path)
-    except OSError:  # some filesystems cannot fsync a directory; the rename is still atomic
-        pass
 
 
 def prepare_output_dir(path: str) -> None:
@@ -226,7 +175,7 @@ def drop_rows(path: str, ids: pa.Array) -> int:
         dropped += table.num_rows - kept.num_rows
         if kept.num_rows:
             write = lambda temp, kept=kept: pq.write_table(kept, temp, filesystem=fs)  # noqa: E731
-            _atomic_write(fs, root, name, write, replace=True)
+            atomic_write(fs, root, name, write, replace=True)
         else:
             fs.delete_file(f"{root}/{name}")
     return dropped
@@ -242,7 +191,7 @@ def write_summary(path: str, summary: dict) -> None:
             stream.write(data)
 
     fs.create_dir(root, recursive=True)
-    _atomic_write(fs, root, SUMMARY_NAME, write)
+    atomic_write(fs, root, SUMMARY_NAME, write)
 
 
 def read_summary(path: str) -> dict | None:
@@ -357,7 +306,7 @@ class PartWriter:
             name = part_name(self._next)
             self._next += 1
             write = lambda temp: pq.write_table(part, temp, filesystem=self.fs)  # noqa: E731
-            if _atomic_write(self.fs, self.root, name, write, replace=False):
+            if atomic_write(self.fs, self.root, name, write, replace=False):
                 break
         self.files_written.append(f"{self.root}/{name}")
         self.rows_written += rows

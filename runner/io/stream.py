@@ -1,13 +1,10 @@
 """Streaming input: the input files become Ray Data read tasks, so the driver never holds the rows.
 
-The driver only plans: it lists the files (local paths, globs, or pyarrow filesystem URIs such as
-`s3://` and `gs://`), reads the columns from the first file's head, and splits each file into
-chunks whose first row position it knows (Parquet: row groups from the footer; JSON Lines: byte
-ranges ending at a newline, rows counted by one streaming scan; CSV: one chunk per file, rows
-counted by pyarrow's streaming reader). Ray Data runs one read task per chunk on the workers, with
-backpressure; each task parses its chunk, conforms it to the first file's columns, adds the row
-`id` and drops rows already committed (an Arrow hash lookup in the done ids, shipped once through
-the object store). Driver memory is the plan, not the data: flat in the number of input rows.
+The driver only plans (`runner.io.chunks`: the files, the first file's columns, chunks whose first row
+position is known). Ray Data runs one read task per chunk on the workers, with backpressure; each task
+parses its chunk, conforms it to the first file's columns (`runner.io.rows`), adds the row `id` and
+drops rows already committed (an Arrow hash lookup against the committed ids in the chunk's id range,
+shipped once through the object store). Driver memory is the plan, not the data.
 
 Ids are the same as a full read gives (`runner.io.inputs.read_input`): `data.id_column` cast to
 string, or the row's position in sorted-file order, zero-padded, so resuming output written by an
@@ -21,9 +18,7 @@ into blocks of that table.
 from __future__ import annotations
 
 import functools
-import io
 import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,25 +30,12 @@ import pyarrow.json
 import pyarrow.parquet as pq
 
 from runner.config import DataConfig
-from runner.errors import InputError
 from runner.io import inputs
+from runner.io.chunks import Chunk, _chunks, _csv_reader, _head_columns, _parse_jsonl, _resolve_uri
 from runner.io.outputs import INPUT_ERROR
+from runner.io.rows import conform
 
-CHUNK_BYTES = 64 << 20  # one JSON Lines read task: big enough to amortise a task, small enough to stream
 BLOCK_ROWS = 8192
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A piece of one input file a read task reads: its rows start at global position `first_row`."""
-
-    path: str
-    fmt: str
-    first_row: int
-    rows: int
-    start: int = 0  # JSON Lines: byte offset; Parquet: row group index
-    end: int = 0  # JSON Lines: byte offset of the end
-    first_line: int = 1  # JSON Lines: line number of the first line, for error messages
 
 
 @dataclass
@@ -122,141 +104,6 @@ def _check_planned_columns(planned: StreamedInput) -> None:
     cfg, names = planned.cfg, [n for n in planned.columns.names if n != INPUT_ERROR]
     head = pa.table({n: pa.nulls(0, planned.columns.field(n).type) for n in names})
     inputs._check_columns(inputs._with_ids(head, cfg.id_column), cfg)
-
-
-def _resolve_uri(source: str, fmt: str) -> tuple[str, pafs.FileSystem, list[str]]:
-    try:
-        fs, root = pafs.FileSystem.from_uri(source)
-        info = fs.get_file_info(root)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise InputError(f"data.source: cannot open {source}: {inputs._first_line(err)}") from None
-    if info.type == pafs.FileType.File:
-        files = [root]
-    elif info.type == pafs.FileType.Directory:
-        infos = fs.get_file_info(pafs.FileSelector(root))
-        files = sorted(
-            i.path
-            for i in infos
-            if i.type == pafs.FileType.File
-            and not i.base_name.startswith((".", "_"))
-            and inputs._ext_format(i.base_name) is not None
-        )
-        if fmt not in ("auto",):
-            files = [f for f in files if inputs._ext_format(f) == fmt]
-        if not files:
-            raise InputError(f"data.source: no data files in {source}")
-    else:
-        raise InputError(f"data.source: no such file or directory: {source}")
-    return (inputs._format_of(files) if fmt == "auto" else fmt), fs, files
-
-
-def _chunks(fs: pafs.FileSystem, files: list[str], fmt: str, limit: int | None) -> list[Chunk]:
-    chunks: list[Chunk] = []
-    row = 0
-    for path in files:
-        try:
-            planned = _file_chunks(fs, path, fmt, row, limit)
-        except (pa.ArrowException, OSError, ValueError) as err:
-            raise InputError(f"data.source: cannot read {path} as {fmt}: {inputs._first_line(err)}") from None
-        chunks += planned
-        row += sum(c.rows for c in planned)
-        if limit is not None and row >= limit:
-            break  # later files cannot contribute to the first `limit` rows
-    return chunks
-
-
-def _file_chunks(fs: pafs.FileSystem, path: str, fmt: str, row: int, limit: int | None = None) -> list[Chunk]:
-    if fmt == "parquet":
-        meta = pq.ParquetFile(fs.open_input_file(path)).metadata
-        out = []
-        for group in range(meta.num_row_groups):
-            rows = meta.row_group(group).num_rows
-            out.append(Chunk(path, fmt, row, rows, start=group))
-            row += rows
-        return out
-    if fmt == "jsonl" or (fmt == "json" and not _is_json_array(fs, path)):
-        return _jsonl_chunks(fs, path, row, limit)
-    if fmt == "csv":
-        rows = sum(b.num_rows for b in _csv_reader(fs, path))
-        return [Chunk(path, fmt, row, rows)]
-    table = inputs._read_json(path)  # a top-level JSON array: one document, read whole
-    return [Chunk(path, "json", row, table.num_rows)]
-
-
-def _is_json_array(fs: pafs.FileSystem, path: str) -> bool:
-    with fs.open_input_stream(path) as stream:
-        return stream.read(4096).lstrip().startswith(b"[")
-
-
-def _jsonl_chunks(fs: pafs.FileSystem, path: str, row: int, limit: int | None = None) -> list[Chunk]:
-    """Byte ranges of about CHUNK_BYTES ending at a newline, with their non-blank line counts; the
-    scan stops once `limit` rows are planned."""
-    out: list[Chunk] = []
-    start = offset = 0
-    line = 1
-    carry = b""
-    with fs.open_input_stream(path) as stream:
-        while True:
-            block = stream.read(CHUNK_BYTES)
-            data = carry + block
-            cut = data.rfind(b"\n") + 1 if block else len(data)
-            body, carry = data[:cut], data[cut:]
-            offset += len(body)
-            if body:
-                lines, rows = _count_lines(body)
-                out.append(Chunk(path, "jsonl", row, rows, start=start, end=offset, first_line=line))
-                row, line, start = row + rows, line + lines, offset
-            if not block or (limit is not None and row >= limit):
-                return out
-
-
-_BLANK_LINE = re.compile(rb"(?:^|\n)[ \t\r]*(?:\n|\Z)")
-
-
-def _count_lines(body: bytes) -> tuple[int, int]:
-    """(lines, non-blank lines) of a chunk; counted in C unless the chunk has a blank line."""
-    lines = body.count(b"\n") + (0 if body.endswith(b"\n") else 1)
-    if _BLANK_LINE.search(body[:-1] if body.endswith(b"\n") else body) is None:
-        return lines, lines
-    return lines, sum(1 for text in body.split(b"\n")[:lines] if text.strip())
-
-
-def _csv_reader(fs: pafs.FileSystem, path: str):
-    with fs.open_input_stream(path) as stream:
-        header = stream.read(1 << 20).split(b"\n", 1)[0].decode("utf-8", "replace")
-    names = next(iter(__import__("csv").reader([header])), [])
-    options = pyarrow.csv.ConvertOptions(column_types={name: pa.string() for name in names})
-    return pyarrow.csv.open_csv(fs.open_input_stream(path), convert_options=options)
-
-
-def _head_columns(fs: pafs.FileSystem, path: str, fmt: str) -> pa.Schema:
-    """The first file's columns, from its footer, header, or first lines; null types become text."""
-    if fmt == "parquet":
-        schema = pq.ParquetFile(fs.open_input_file(path)).schema_arrow
-    elif fmt == "csv":
-        schema = _csv_reader(fs, path).schema
-    else:
-        first = _jsonl_chunks_head(fs, path)
-        schema = first.schema
-    fields = [f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema]
-    fields = [f for f in fields if f.name != INPUT_ERROR] + [pa.field(INPUT_ERROR, pa.string())]
-    return pa.schema(fields)
-
-
-def _jsonl_chunks_head(fs: pafs.FileSystem, path: str) -> pa.Table:
-    if fs.get_file_info(path).size and _is_json_array(fs, path):
-        return inputs._read_json(path)
-    with fs.open_input_stream(path) as stream:
-        head = stream.read(1 << 20)
-    head = head[: head.rfind(b"\n") + 1] or head
-    return _parse_jsonl(head, os.path.basename(path), 1)
-
-
-def _parse_jsonl(data: bytes, name: str, first_line: int) -> pa.Table:
-    try:
-        return pyarrow.json.read_json(io.BytesIO(data))
-    except pa.ArrowInvalid:  # a bad line or a type change: row by row, bad rows become error rows
-        return inputs.jsonl_rows(data.split(b"\n"), name, first_line)
 
 
 @dataclass
@@ -341,57 +188,6 @@ def _ids_from_column(table: pa.Table, name: str, first_row: int, width: int) -> 
         table = table.set_column(table.schema.get_field_index(INPUT_ERROR), INPUT_ERROR, errors)
         ids = pc.if_else(missing, fallback, ids)
     return table.drop_columns([name]).add_column(0, "id", ids)
-
-
-def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`table` with exactly `schema`'s columns, so every block of the input has one schema: a column
-    a chunk lacks is null; a value that does not fit its column's type is nulled and its row gets
-    an input error naming the column (a JSON Lines column that changes type between chunks)."""
-    errors = table.column(INPUT_ERROR).combine_chunks() if INPUT_ERROR in table.column_names else None
-    errors = errors if errors is not None else pa.nulls(table.num_rows, pa.string())
-    columns = []
-    for field in schema:
-        if field.name == INPUT_ERROR:
-            columns.append(None)
-            continue
-        if field.name not in table.column_names:
-            columns.append(pa.nulls(table.num_rows, field.type))
-            continue
-        column = table.column(field.name)
-        try:
-            columns.append(column.cast(field.type))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            fixed, errors = _cast_values(column, field, errors)
-            columns.append(fixed)
-    columns[schema.get_field_index(INPUT_ERROR)] = errors
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-def _cast_values(column: pa.ChunkedArray, field: pa.Field, errors: pa.Array) -> tuple[pa.Array, pa.Array]:
-    values, messages = [], errors.to_pylist()
-    for i, value in enumerate(column.to_pylist()):
-        try:
-            values.append(pa.array([value]).cast(field.type)[0].as_py() if value is not None else None)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            values.append(None)
-            kind, other = inputs._kind(value), _type_kind(field.type)
-            messages[i] = (
-                messages[i] or f"column {field.name!r} is {kind} {value!r:.40}, other rows hold {other}"
-            )
-    return pa.array(values, field.type), pa.array(messages, pa.string())
-
-
-def _type_kind(kind: pa.DataType) -> str:
-    """The JSON kind of an Arrow type, as `inputs._kind` names a value's."""
-    if pa.types.is_boolean(kind):
-        return "bool"
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
-        return "number"
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return "str"
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return "list"
-    return "dict" if pa.types.is_struct(kind) else str(kind)
 
 
 class _Source:
