@@ -164,10 +164,11 @@ class SamplingConfig(_Strict):
 class BatchingConfig(_Strict):
     """How a replica groups rows into generate calls."""
 
-    strategy: Literal["auto", "padded", "continuous"] = Field(
+    strategy: Literal["auto", "padded", "continuous", "generate"] = Field(
         "auto",
         description="padded: length-sorted static batches, finished rows leave; continuous: packed, paged KV "
-        "cache, rows join and leave every step; auto: continuous, or padded for a model split over devices",
+        "cache, rows join and leave every step; generate: model.generate on equal-length prompts (any "
+        "model, e.g. state-space); auto: the faster strategy exact for the model (continuous on one GPU)",
     )
     token_budget: int | None = Field(
         None,
@@ -294,16 +295,18 @@ def _format_error(err: ValidationError) -> str:
     return f"{where}: {msg}{shown}"
 
 
-def build_config(tree: dict) -> JobConfig:
-    """Validate a plain dict into a JobConfig, raising ConfigError with one line."""
+def build_config(tree: dict, kind: type[JobConfig] = JobConfig) -> JobConfig:
+    """Validate a plain dict into a JobConfig (or a job kind's subclass), raising ConfigError with one line."""
     try:
-        return JobConfig.model_validate(tree)
+        return kind.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> JobConfig:
-    """Read a YAML config (or none) and apply overrides."""
+def load_config(
+    path: str | Path | None, overrides: list[str] | None = None, kind: type[JobConfig] = JobConfig
+) -> JobConfig:
+    """Read a YAML config (or none) and apply overrides; `kind` is the job kind's config class."""
     tree: dict = {}
     if path is not None:
         path = Path(path)
@@ -315,4 +318,4 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
-    return build_config(apply_overrides(tree, overrides or []))
+    return build_config(apply_overrides(tree, overrides or []), kind)

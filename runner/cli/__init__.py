@@ -1,4 +1,4 @@
-"""Command line: `runner run CONFIG.yaml [--set a.b=c ...]` (also `python -m runner`).
+"""Command line: `runner run | eval | compare | report` (also `python -m runner`).
 
 One small module per command; heavy imports happen inside the command so `--help` is instant.
 """
@@ -9,11 +9,19 @@ import argparse
 import traceback
 
 from runner import logs
+from runner.cli import compare as compare_command
+from runner.cli import eval as eval_command
+from runner.cli import report as report_command
 from runner.cli import run as run_command
 from runner.errors import root_cause
 from runner.signals import Interrupted
 
-COMMANDS = {"run": run_command}
+COMMANDS = {
+    "run": run_command,
+    "eval": eval_command,
+    "compare": compare_command,
+    "report": report_command,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

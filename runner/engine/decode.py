@@ -13,11 +13,13 @@ decode step costs about the same for 8 rows as for 64, a prefill costs what its 
 
 from __future__ import annotations
 
+from inspect import signature
+
 import torch
 import torch.nn.functional as F
 
 from runner.engine.batching import prefill_groups
-from runner.engine.kv_cache import SlotCache
+from runner.engine.kv_cache import SlotCache, full_cache
 from runner.engine.sampling import Sampler
 from runner.engine.sequence import Sequence, Stopper
 
@@ -42,6 +44,10 @@ class DecodeLoop:
         self.stopper = stopper
         self.pad_id = pad_id
         self.max_padding = max_padding
+        # Not every model's forward takes `logits_to_keep` (Bloom, GPT-J, ...); those compute all logits.
+        self.keep_last = (
+            {"logits_to_keep": 1} if "logits_to_keep" in signature(model.forward).parameters else {}
+        )
 
     @torch.inference_mode()
     def run(self, seqs: list[Sequence]) -> None:
@@ -71,15 +77,13 @@ class DecodeLoop:
 
     def _prefill(self, seqs: list[Sequence], width: int, cache: SlotCache) -> torch.Tensor:
         """Prefill each length group on its own cache, then load them all, left-padded to `width`."""
-        from transformers import DynamicCache
-
         lengths = [len(s.request.prompt_ids) for s in seqs]
         logits, layers = [], []
         for start, stop in prefill_groups(lengths, self.max_padding):
             ids, mask = left_pad(
                 [s.request.prompt_ids for s in seqs[start:stop]], self.pad_id, self.model.device
             )
-            part = DynamicCache(config=self.model.config)
+            part = full_cache(self.model.config)
             # Under left padding a row's positions start at its first real token, not at column 0.
             logits.append(self._forward(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), part))
             pad = width - ids.shape[1]
@@ -125,6 +129,6 @@ class DecodeLoop:
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
-            logits_to_keep=1,
+            **self.keep_last,
         )
         return out.logits[:, -1, :].float()

@@ -14,14 +14,19 @@ from contextlib import AbstractContextManager
 import torch
 
 from runner.config import BatchingConfig, ModelConfig, PlacementConfig, SamplingConfig
+from runner.engine.architecture import Architecture, exact_strategies
 from runner.engine.continuous import ContinuousGenerator
+from runner.engine.generate import GenerateGenerator
 from runner.engine.loading import Devices, load_model, load_tokenizer
 from runner.engine.padded import PaddedGenerator
+from runner.engine.scoring import LoglikelihoodScorer, ScoreRequest, ScoreResult
+from runner.engine.strategy import choose_strategy, probe_failure, strategy_plan
 from runner.engine.types import Completion, Request
+from runner.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = {"padded": PaddedGenerator, "continuous": ContinuousGenerator}
+STRATEGIES = {"padded": PaddedGenerator, "continuous": ContinuousGenerator, "generate": GenerateGenerator}
 
 
 def model_devices(model) -> set[str]:
@@ -31,23 +36,9 @@ def model_devices(model) -> set[str]:
     return {f"cuda:{d}" if isinstance(d, int) else str(d) for d in placed.values()}
 
 
-def resolve_strategy(name: str, devices: set[str]) -> str:
-    """auto -> continuous for a model on one CUDA GPU; padded on CPU and for a model split over devices.
-
-    CPU: scripts/bench.py measured padded ahead of continuous in most runs (3.4-4.5x vs 3.1-3.5x the
-    baseline, README; continuous ahead in one of five), because there a step's cost grows with the
-    rows in it, so the padded loop's shrinking batches lose little, while continuous batching pays its scheduler and
-    paged-cache bookkeeping at every step. One GPU: a decode step costs about the same for 8 rows as
-    for 256, so keeping every step full (finished rows replaced at once, prompts packed without
-    padding) is what pays; not yet measured here (no GPU in the sessions so far). Split models: the
-    paged KV cache lives on the model's first device, while padded's cache follows each layer's device.
-    """
-    if name == "auto":
-        single_gpu = len(devices) == 1 and next(iter(devices)).startswith("cuda")
-        return "continuous" if single_gpu else "padded"
-    if name not in STRATEGIES:
-        raise ValueError(f"batching.strategy: unknown {name!r} (known: auto, {', '.join(STRATEGIES)})")
-    return name
+def resolve_strategy(name: str, devices: set[str], arch: Architecture | None = None) -> str:
+    """The strategy `choose_strategy` picks (without its reason)."""
+    return choose_strategy(name, devices, arch)[0]
 
 
 class Engine:
@@ -66,8 +57,11 @@ class Engine:
         self.model = load_model(model, placement or PlacementConfig(), self.devices)
         self.sampling = sampling
         self.batching = batching or BatchingConfig()
-        self.strategy = resolve_strategy(self.batching.strategy, model_devices(self.model))
-        self.generator = STRATEGIES[self.strategy](self.model, self.tokenizer, sampling, self.batching)
+        self.architecture = Architecture.of(self.model)
+        self.strategy, self.generator = self._start(
+            strategy_plan(self.batching.strategy, model_devices(self.model), self.architecture)
+        )
+        self.scorer = LoglikelihoodScorer(self.model, self.batching)
         log.info(
             "engine ready: %s on %s, strategy %s, %d torch threads",
             type(self.model).__name__,
@@ -75,6 +69,23 @@ class Engine:
             self.strategy,
             torch.get_num_threads(),
         )
+
+    def _start(self, plan: list[tuple[str, str]]):
+        """The first planned strategy that passes the start-up probe (runner.engine.strategy)."""
+        failures = []
+        for strategy, why in plan:
+            generator = STRATEGIES[strategy](self.model, self.tokenizer, self.sampling, self.batching)
+            failure = probe_failure(generator, self.tokenizer)
+            if failure is None:
+                log.info("strategy %s for %s: %s", strategy, self.architecture.name, why)
+                return strategy, generator
+            generator.close()
+            log.warning("strategy %s fails on %s at start: %s", strategy, self.architecture.name, failure)
+            failures.append(f"{strategy} fails on {self.architecture.name} at start ({failure})")
+        tried = {strategy for strategy, _ in plan}
+        others = [s for s in exact_strategies(self.architecture) if s not in tried]
+        hint = f"; use {' or '.join(others)} (or auto)" if others else ""
+        raise ConfigError("batching.strategy: " + "; ".join(failures) + hint)
 
     @property
     def context_length(self) -> int | None:
@@ -91,6 +102,11 @@ class Engine:
         Safe to call from several threads: each strategy merges concurrent callers' rows into the
         batches it runs (padded: a shared pool of waiting rows; continuous: one running manager)."""
         return self.generator.generate(requests)
+
+    def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        """Summed log-probability of each request's continuation after its context, and whether it is
+        the greedy continuation; in request order (`runner.engine.scoring`)."""
+        return self.scorer.score(requests)
 
     def announce(self) -> AbstractContextManager:
         """Context for a caller that is about to prepare and submit rows from another thread (a Ray

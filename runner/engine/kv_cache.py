@@ -6,6 +6,14 @@ and drops rows with `batch_select_indices` (another full copy). Here each layer 
 finished row is removed by moving the last live row into its slot, so the live rows are always the
 first `rows` of the buffer and the model reads them as a plain view. Row order changes on removal;
 `DecodeLoop` applies the same moves to its own row list.
+
+Every layer keeps every column, sliding-window layers included. transformers' own cache for a sliding
+layer (`DynamicSlidingWindowLayer`) keeps only the last `sliding_window - 1` columns, counted per
+batch, so prefill groups of different widths would hold caches of different lengths (they could not be
+joined) and a left-padded row would lose real tokens to padding columns. With full columns, the window
+is applied by the model's sliding-window mask (masking_utils.sliding_window_overlay: a query sees keys
+less than `sliding_window` cache columns back), which is exact here because a row's real tokens are
+contiguous in its cache: left padding only ever precedes them.
 """
 
 from __future__ import annotations
@@ -58,6 +66,13 @@ class SlotLayer(DynamicLayer):
     def _refresh(self) -> None:
         self.keys = self._k[: self.rows, :, : self.length]
         self.values = self._v[: self.rows, :, : self.length]
+
+
+def full_cache(model_config) -> DynamicCache:
+    """A DynamicCache for this model whose every layer keeps all its columns (see the module docstring)."""
+    cache = DynamicCache(config=model_config)
+    cache.layers = [DynamicLayer() for _ in cache.layers]
+    return cache
 
 
 class SlotCache(DynamicCache):

@@ -61,16 +61,56 @@ def flash_attn_missing(devices: Devices, dtype: torch.dtype) -> list[str]:
     return missing
 
 
-def resolve_attention(choice: str, devices: Devices, dtype: torch.dtype) -> tuple[str, str]:
-    """Pick the attention implementation; returns (implementation, reason)."""
+@dataclass(frozen=True)
+class AttentionSupport:
+    """The attention implementations a model class declares it can run (modeling_utils.PreTrainedModel
+    `_supports_flash_attn`, `_supports_sdpa`; eager always runs)."""
+
+    model: str
+    flash: bool = True
+    sdpa: bool = True
+
+    @classmethod
+    def of(cls, model_class) -> AttentionSupport:
+        # A class listing `_compatible_flash_implementations` without flash_attention_2 (GPT-OSS: its
+        # attention sinks) would be switched by transformers to a hub kernel, or lose its sinks in the
+        # flash_attn package (modeling_utils._check_and_adjust_attn_implementation,
+        # modeling_flash_attention_utils._process_flash_attention_kwargs): FA2 does not count for it.
+        compatible = getattr(model_class, "_compatible_flash_implementations", None)
+        return cls(
+            model=model_class.__name__,
+            flash=bool(getattr(model_class, "_supports_flash_attn", False))
+            and (compatible is None or "flash_attention_2" in compatible),
+            sdpa=bool(getattr(model_class, "_supports_sdpa", False)),
+        )
+
+
+def resolve_attention(
+    choice: str, devices: Devices, dtype: torch.dtype, support: AttentionSupport | None = None
+) -> tuple[str, str]:
+    """Pick the attention implementation; returns (implementation, reason).
+
+    auto: FlashAttention-2 when it can run here and the model supports it, else SDPA when the model
+    supports it, else eager. `support` None: the model is not known yet, every kernel counts as supported.
+    """
     missing = flash_attn_missing(devices, dtype)
+    support = support or AttentionSupport(model="the model")
     if choice == "flash_attention_2" and missing:
         raise ConfigError("model.attention: flash_attention_2 cannot run here: " + "; ".join(missing))
+    if choice == "flash_attention_2" and not support.flash:
+        raise ConfigError(
+            f"model.attention: {support.model} does not support flash_attention_2; use sdpa or eager"
+        )
+    if choice == "sdpa" and not support.sdpa:
+        raise ConfigError(f"model.attention: {support.model} does not support sdpa; use eager")
     if choice != "auto":
         return choice, "set in config"
-    if not missing:
+    if support.flash and not missing:
         return "flash_attention_2", "flash_attn installed, CUDA GPU and half precision present"
-    return "sdpa", "FlashAttention-2 not used: " + "; ".join(missing)
+    why = "; ".join(missing) if support.flash else f"{support.model} does not support it"
+    if support.sdpa:
+        return "sdpa", f"FlashAttention-2 not used: {why}"
+    return "eager", f"FlashAttention-2 not used: {why}; {support.model} does not support sdpa"
 
 
 def bnb_config(quant: QuantizationConfig, dtype: torch.dtype):
@@ -114,10 +154,12 @@ def device_map_kwargs(placement: PlacementConfig, devices: Devices, quantized: b
     return {"device_map": {"": 0}}
 
 
-def from_pretrained_kwargs(model: ModelConfig, placement: PlacementConfig, devices: Devices) -> dict:
+def from_pretrained_kwargs(
+    model: ModelConfig, placement: PlacementConfig, devices: Devices, support: AttentionSupport | None = None
+) -> dict:
     """Everything passed to AutoModelForCausalLM.from_pretrained besides the path."""
     dtype = resolve_dtype(model.dtype, devices)
-    attn, reason = resolve_attention(model.attention, devices, dtype)
+    attn, reason = resolve_attention(model.attention, devices, dtype, support)
     log.info("attention: %s (%s)", attn, reason)
     quant = bnb_config(model.quantization, dtype)
     kwargs = {
@@ -144,7 +186,8 @@ def resolve_path(path: str) -> str:
 
 
 def load_tokenizer(model: ModelConfig):
-    """The tokenizer, left-padded (decoder-only batching), with a pad token."""
+    """The tokenizer, left-padded (decoder-only batching), with a pad token (EOS, else its first token:
+    pad columns are masked out, so which id fills them never changes a result)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(
@@ -154,16 +197,40 @@ def load_tokenizer(model: ModelConfig):
     )
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(0)
     return tokenizer
 
 
+def model_class(model: ModelConfig):
+    """The class AutoModelForCausalLM would instantiate for this model (its config only is read)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+    from transformers.models.auto.auto_factory import _get_model_class
+
+    path = resolve_path(model.path)
+    try:
+        config = AutoConfig.from_pretrained(
+            path, revision=model.revision, trust_remote_code=model.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.path: cannot load {model.path!r}: {str(err).splitlines()[0]}") from None
+    remote = (getattr(config, "auto_map", None) or {}).get("AutoModelForCausalLM")
+    if remote and model.trust_remote_code:
+        return get_class_from_dynamic_module(remote, path, revision=model.revision)
+    try:
+        return _get_model_class(config, AutoModelForCausalLM._model_mapping)
+    except KeyError:
+        raise ConfigError(
+            f"model.path: {model.path!r} is a {type(config).__name__}, not a causal LM transformers can load"
+        ) from None
+
+
 def load_model(model: ModelConfig, placement: PlacementConfig, devices: Devices | None = None):
-    """Load the model once, as configured, in eval mode."""
+    """Load the model once, as configured, in eval mode, with an attention kernel its class supports."""
     from transformers import AutoModelForCausalLM
 
     devices = devices or Devices.detect()
-    kwargs = from_pretrained_kwargs(model, placement, devices)
+    kwargs = from_pretrained_kwargs(model, placement, devices, AttentionSupport.of(model_class(model)))
     try:
         loaded = AutoModelForCausalLM.from_pretrained(resolve_path(model.path), **kwargs)
     except OSError as err:

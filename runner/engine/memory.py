@@ -28,7 +28,9 @@ MIN_TOKEN_BUDGET = 2048
 def bytes_per_token(model) -> int:
     """KV cache plus transient activations of one token position, in bytes (an upper-side estimate)."""
     cfg = model.config.get_text_config()
-    heads = cfg.num_attention_heads
+    # A state-space model (Mamba) names no attention heads: its per-token state is counted as one
+    # hidden-size key and value per layer, an upper side for its fixed-size recurrent state.
+    heads = getattr(cfg, "num_attention_heads", None) or 1
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     width = torch.finfo(model.dtype).bits // 8 if model.dtype.is_floating_point else 2

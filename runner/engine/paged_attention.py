@@ -5,10 +5,23 @@ attends only to its own keys. Its SDPA fallback instead builds one dense mask ov
 batch and computes every query against every cached key of every request, so a decode step over B
 rows costs B times the attention it needs. That is what it lacks on CPU and on GPUs without flash_attn.
 
-`install()` wraps transformers' "sdpa" attention function: calls that carry a `PagedAttentionCache`
-(continuous batching) are computed sequence by sequence, with PyTorch's own varlen FlashAttention
-kernel on CUDA in half precision and one SDPA call per sequence otherwise; every other call goes to
-the original function unchanged, so padded batches and `model.generate` are untouched.
+`install()` wraps transformers' "sdpa" and "paged|eager" attention functions (continuous batching
+switches an eager model to the latter): calls that carry a `PagedAttentionCache` are computed sequence
+by sequence, with PyTorch's own varlen FlashAttention kernel on CUDA in half precision and one SDPA
+call per sequence otherwise; every other call goes to the original function unchanged, so padded
+batches and `model.generate` are untouched.
+
+Each sequence gets the attention its layer asks for, as the model's own eager / flash code computes it:
+- a sliding window (`sliding_window`, as the model passes it to FlashAttention, else the window of
+  the layer's cache group): a query sees keys less than `window` positions back. The paged cache of a
+  sliding group returns only the last `window - 1` cached keys plus the new ones (transformers
+  cache_allocators/sliding_attention.py get_read_indices), contiguous in position, so counting back
+  from the query's column is exact; a prefill chunk longer than the window needs the window mask;
+- logit soft-capping (`softcap`, Gemma 2): `tanh(scores / cap) * cap` before the mask
+  (transformers' own paged eager path, integrations/eager_paged.py, ignores it);
+- attention sinks (`s_aux` / `module.sinks`, GPT-OSS): one extra logit per head in the softmax, dropped
+  after it (models/gpt_oss eager_attention_forward).
+Softcaps and sinks have no SDPA form: those layers use the eager formula per sequence.
 """
 
 from __future__ import annotations
@@ -29,7 +42,7 @@ def _varlen_kernel_usable(query: torch.Tensor) -> bool:
     return True
 
 
-def _torch_varlen(query, key, value, kwargs: dict, scaling) -> torch.Tensor:
+def _torch_varlen(query, key, value, kwargs: dict, scaling, window: int | None) -> torch.Tensor:
     """[1, heads, q, d] -> [1, q, heads, d] with PyTorch's varlen FlashAttention (bottom-right causal)."""
     from torch.nn.attention.varlen import varlen_attn
 
@@ -42,70 +55,118 @@ def _torch_varlen(query, key, value, kwargs: dict, scaling) -> torch.Tensor:
         int(kwargs["max_length_q"]),
         int(kwargs["max_length_k"]),
         scale=scaling,
-        window_size=(-1, 0),
+        window_size=(window - 1 if window else -1, 0),
         enable_gqa=key.shape[1] != query.shape[1],
     )
     return out.unsqueeze(0)
 
 
-def _causal_bottom_right(q_len: int, k_len: int, device) -> torch.Tensor:
-    """Boolean mask: query i (the last q_len positions) sees keys up to its own position."""
+def visible(q_len: int, k_len: int, window: int | None, device) -> torch.Tensor | None:
+    """Boolean [q_len, k_len]: query i (the last q_len positions) sees keys up to its own position and,
+    with a window, less than `window` positions back. None when it sees every key."""
+    if q_len == 1 and (window is None or k_len <= window):
+        return None
     rows = torch.arange(q_len, device=device).unsqueeze(1) + (k_len - q_len)
-    return torch.arange(k_len, device=device).unsqueeze(0) <= rows
+    cols = torch.arange(k_len, device=device).unsqueeze(0)
+    seen = cols <= rows
+    return seen & (cols > rows - window) if window else seen
 
 
-def _sequence_loop(query, key, value, kwargs: dict, scaling) -> torch.Tensor:
-    """[1, heads, q, d] -> [1, q, heads, d], one SDPA call per packed sequence."""
+def _eager(query, key, value, mask, scaling: float, softcap: float | None, sinks) -> torch.Tensor:
+    """One sequence [1, heads, q, d] with the eager formula: soft-capping and sinks as the models do."""
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    if sinks is None:
+        weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    else:
+        sink = sinks.reshape(1, -1, 1, 1).expand(1, -1, scores.shape[-2], 1).to(scores.dtype)
+        scores = torch.cat([scores, sink], dim=-1)
+        scores = scores - scores.max(dim=-1, keepdim=True).values
+        weights = F.softmax(scores, dim=-1, dtype=scores.dtype)[..., :-1].to(value.dtype)
+    return torch.matmul(weights, value)
+
+
+def _sequence_loop(query, key, value, kwargs: dict, scaling, layer: dict | None = None) -> torch.Tensor:
+    """[1, heads, q, d] -> [1, q, heads, d], one attention call per packed sequence.
+
+    `layer`: the layer's window, softcap, sinks and whether it runs eager (see `_layer_attention`)."""
+    layer = layer or {}
+    window, softcap, sinks = layer.get("window"), layer.get("softcap"), layer.get("sinks")
+    eager = layer.get("eager") or softcap is not None or sinks is not None
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     cu_q = kwargs["cu_seq_lens_q"].tolist()
     cu_k = kwargs["cu_seq_lens_k"].tolist()
     out = torch.zeros_like(query)  # positions past the last sequence (graph padding) stay defined
-    gqa = key.shape[1] != query.shape[1]
     for q0, q1, k0, k1 in zip(cu_q, cu_q[1:], cu_k, cu_k[1:], strict=False):
         q_len, k_len = q1 - q0, k1 - k0
         if q_len == 0:
             continue
-        mask = _causal_bottom_right(q_len, k_len, query.device) if 1 < q_len < k_len else None
-        out[:, :, q0:q1] = F.scaled_dot_product_attention(
-            query[:, :, q0:q1],
-            key[:, :, k0:k1],
-            value[:, :, k0:k1],
-            attn_mask=mask,
-            is_causal=q_len > 1 and q_len == k_len,
-            scale=scaling,
-            enable_gqa=gqa,
-        )
+        q, k, v = query[:, :, q0:q1], key[:, :, k0:k1], value[:, :, k0:k1]
+        mask = visible(q_len, k_len, window, query.device)
+        if eager:
+            out[:, :, q0:q1] = _eager(q, k, v, mask, scaling, softcap, sinks)
+        else:
+            out[:, :, q0:q1] = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, scale=scaling, enable_gqa=key.shape[1] != query.shape[1]
+            )
     return out.transpose(1, 2)
 
 
+def _layer_attention(module, cache, kwargs: dict, eager: bool) -> dict:
+    """What this layer's attention computes besides causal softmax: window, softcap, sinks."""
+    group = cache.layer_to_allocator[module.layer_idx]
+    sinks = kwargs.get("s_aux")
+    return {
+        "window": kwargs.get("sliding_window") or getattr(group, "sliding_window", None),
+        "softcap": kwargs.get("softcap"),
+        "sinks": sinks if sinks is not None else getattr(module, "sinks", None),
+        "eager": eager,
+    }
+
+
+def _paged(module, query, key, value, cache, scaling, kwargs: dict, eager: bool):
+    """Attention of one layer over the packed sequences of a continuous batching step."""
+    layer = _layer_attention(module, cache, kwargs, eager)
+    key, value = cache.update(key_states=key, value_states=value, layer_idx=module.layer_idx, kwargs=kwargs)
+    plain = not (eager or layer["softcap"] is not None or layer["sinks"] is not None)
+    if plain and _varlen_kernel_usable(query):
+        return _torch_varlen(query, key, value, kwargs, scaling, layer["window"]).contiguous(), None
+    return _sequence_loop(query, key, value, kwargs, scaling, layer).contiguous(), None
+
+
 def install() -> None:
-    """Route continuous-batching SDPA calls through per-sequence attention (idempotent)."""
+    """Route continuous-batching SDPA and eager calls through per-sequence attention (idempotent)."""
     global _installed
     if _installed:
         return
     from transformers import AttentionInterface
     from transformers.generation.continuous_batching.cache import PagedAttentionCache
+    from transformers.integrations.eager_paged import eager_paged_attention_forward
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    def paged_sdpa(
-        module, query, key, value, attention_mask, dropout=0.0, scaling=None, cache=None, **kwargs
-    ):
-        if not isinstance(cache, PagedAttentionCache):
-            return sdpa_attention_forward(
-                module,
-                query,
-                key,
-                value,
-                attention_mask,
-                dropout=dropout,
-                scaling=scaling,
-                cache=cache,
-                **kwargs,
-            )
-        key, value = cache.update(
-            key_states=key, value_states=value, layer_idx=module.layer_idx, kwargs=kwargs
-        )
-        attend = _torch_varlen if _varlen_kernel_usable(query) else _sequence_loop
-        return attend(query, key, value, kwargs, scaling).contiguous(), None
+    def wrap(original, eager: bool):
+        def paged(module, query, key, value, attention_mask, dropout=0.0, scaling=None, cache=None, **kw):
+            if not isinstance(cache, PagedAttentionCache):
+                return original(
+                    module,
+                    query,
+                    key,
+                    value,
+                    attention_mask,
+                    dropout=dropout,
+                    scaling=scaling,
+                    cache=cache,
+                    **kw,
+                )
+            return _paged(module, query, key, value, cache, scaling, kw, eager)
 
-    AttentionInterface.register("sdpa", paged_sdpa)
+        return paged
+
+    AttentionInterface.register("sdpa", wrap(sdpa_attention_forward, eager=False))
+    AttentionInterface.register("paged|eager", wrap(eager_paged_attention_forward, eager=True))
     _installed = True

@@ -1,0 +1,78 @@
+"""Which batching strategy an engine runs: exact for the model first, then the fastest on its devices.
+
+`strategy_plan` orders the candidates (runner.engine.architecture decides which are exact); the
+engine starts the first and runs `probe_failure` on it: two short rows of different lengths. A model
+with something no property announces (a forward that rejects what the strategy passes it, a layer that
+fails on the packed layout) then fails here, at start, instead of on every row of the job: `auto`
+moves on to the next exact strategy, an explicit strategy is refused with the failure.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from runner.engine.architecture import REFUSALS, Architecture, exact_strategies
+from runner.engine.types import Request
+from runner.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PROBE_TEXTS = ["Hello", "The quick brown fox jumps over the lazy dog, twice over."]
+
+
+def preferred_strategy(devices: set[str]) -> str:
+    """The faster strategy for these devices, when both are exact for the model.
+
+    continuous for a model on one CUDA GPU; padded on CPU and for a model split over devices.
+    CPU: scripts/bench.py measured padded ahead of continuous in most runs (3.4-4.5x vs 3.1-3.5x the
+    baseline, README; continuous ahead in one of five), because there a step's cost grows with the
+    rows in it, so the padded loop's shrinking batches lose little, while continuous batching pays its
+    scheduler and paged-cache bookkeeping at every step. One GPU: a decode step costs about the same
+    for 8 rows as for 256, so keeping every step full (finished rows replaced at once, prompts packed
+    without padding) is what pays; not yet measured here (no GPU in the sessions so far). Split models:
+    the paged KV cache lives on the model's first device, while padded's cache follows each layer's.
+    """
+    single_gpu = len(devices) == 1 and next(iter(devices)).startswith("cuda")
+    return "continuous" if single_gpu else "padded"
+
+
+def strategy_plan(name: str, devices: set[str], arch: Architecture | None = None) -> list[tuple[str, str]]:
+    """(strategy, why) candidates in the order to try them. `auto`: the device's preferred strategy if
+    it is exact for the model, then the other exact ones, fastest first. An explicit strategy is the
+    only candidate, and a ConfigError when it cannot be exact. Without `arch` every strategy counts
+    as exact."""
+    if name != "auto" and name not in REFUSALS:
+        raise ValueError(f"batching.strategy: unknown {name!r} (known: auto, {', '.join(REFUSALS)})")
+    if arch is None:
+        return [(preferred_strategy(devices) if name == "auto" else name, "set in config")]
+    exact = exact_strategies(arch)
+    if name != "auto":
+        refusal = REFUSALS[name](arch)
+        if refusal is not None:
+            raise ConfigError(
+                f"batching.strategy: {name} cannot be exact for {arch.name}: {refusal}; "
+                f"use {' or '.join(exact)} (or auto)"
+            )
+        return [(name, "set in config")]
+    preferred = preferred_strategy(devices)
+    if preferred in exact:
+        why = f"auto: {preferred} is the faster exact strategy on {', '.join(sorted(devices))}"
+        return [(preferred, why)] + [(s, "auto: next exact strategy") for s in exact if s != preferred]
+    why = f"auto: {preferred} is not exact for {arch.name} ({REFUSALS[preferred](arch)})"
+    return [(s, why) for s in exact]
+
+
+def choose_strategy(name: str, devices: set[str], arch: Architecture | None = None) -> tuple[str, str]:
+    """(strategy, why): the first candidate of `strategy_plan`."""
+    return strategy_plan(name, devices, arch)[0]
+
+
+def probe_failure(generator, tokenizer) -> str | None:
+    """Run two short greedy rows of different lengths; the first failure as one line, or None."""
+    ids = tokenizer(PROBE_TEXTS, add_special_tokens=True)["input_ids"]
+    requests = [Request(f"probe-{i}", p or [0], 2) for i, p in enumerate(ids)]
+    try:
+        done = generator.generate(requests)
+    except Exception as err:  # noqa: BLE001 - any failure here would fail every row of the job
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return next((c.error for c in done if c.error), None)

@@ -1,0 +1,155 @@
+"""The eval stage: rows of several tasks in, scored output rows out, on one replica's engine.
+
+Input rows come from `runner.scoring.tasks.read_tasks`: `id` (`task/id`), `task` and `input` (the
+row's columns as JSON, so that tasks with different columns share one Ray Data pass and one replica
+pool). Generation tasks run through `runner.stage.GenerationStage` on the shared engine and their
+generations are scored; multiple-choice tasks go to `Engine.score`. A row that cannot be built or
+scored becomes an error row.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import groupby
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from runner.config import JobConfig
+from runner.prompts import PromptBuilder, RowError
+from runner.scoring import multiple_choice as mc
+from runner.scoring.config import EvalConfig, TaskConfig
+from runner.scoring.scorers import resolve
+from runner.stage import GenerationStage, replica_label, set_cpu_threads
+
+if TYPE_CHECKING:
+    from runner.engine import Engine
+
+
+def output_schema(cfg: EvalConfig) -> pa.Schema:
+    """The eval output's columns: generate's, the task, target, choices' log-likelihoods, a column per metric."""
+    fields = [
+        ("id", pa.string()),
+        ("task", pa.string()),
+        ("prompt", pa.string()),
+        ("generation", pa.string()),
+        ("target", pa.string()),
+        ("choice_logprobs", pa.list_(pa.float64())),
+        ("prompt_tokens", pa.int64()),
+        ("generated_tokens", pa.int64()),
+        ("finish_reason", pa.string()),
+        ("error", pa.string()),
+        ("replica", pa.string()),
+    ]
+    return pa.schema(fields + [(m, pa.float64()) for m in cfg.metric_columns()])
+
+
+def task_job_config(cfg: EvalConfig, task: TaskConfig) -> JobConfig:
+    """The generate config of one task: the shared sections with the task's data."""
+    shared = cfg.model_dump(
+        include={"model", "placement", "sampling", "batching", "output", "retries", "ray"}
+    )
+    return JobConfig.model_validate({**shared, "data": task.data.model_dump()})
+
+
+def _target_text(value) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+class GenerationTask:
+    """A task scored on the generation: the generate stage on the shared engine, then the scorer."""
+
+    def __init__(self, cfg: EvalConfig, task: TaskConfig, engine: Engine):
+        self.task = task
+        self.generate = GenerationStage(task_job_config(cfg, task), engine=engine)
+        self.scorer = resolve(task.scoring)
+        self.metric = task.scoring.metrics[0]
+
+    def __call__(self, rows: list[dict]) -> list[dict]:
+        out = self.generate(pa.Table.from_pylist(rows)).to_pylist()
+        for row, result in zip(rows, out, strict=True):
+            result["target"] = _target_text(row.get(self.task.scoring.target_column))
+            if result["error"] is None:
+                try:
+                    result[self.metric] = float(self.scorer(row, result["generation"]))
+                except Exception as err:  # noqa: BLE001 - a scorer failing on one row makes one error row
+                    result["error"] = f"scorer {self.task.scoring.scorer}: {type(err).__name__}: {err}"
+        return out
+
+
+class ChoiceTask:
+    """A multiple-choice task: each choice's log-likelihood after the prompt, then acc and acc_norm."""
+
+    def __init__(self, task: TaskConfig, engine: Engine):
+        self.task = task
+        self.engine = engine
+        self.prompts = PromptBuilder(task.data.prompt, engine.tokenizer)
+        special = task.data.prompt.messages_column is None  # a chat template writes its own
+        self.tokenize = lambda text: engine.tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    def __call__(self, rows: list[dict]) -> list[dict]:
+        built = [self._question(row) for row in rows]
+        requests = [r for q in built if isinstance(q, mc.Question) for r in q.requests]
+        results = {r.id: r for r in self.engine.score(requests)} if requests else {}
+        return [self._output(row, q, results) for row, q in zip(rows, built, strict=True)]
+
+    def _question(self, row: dict) -> mc.Question | RowError:
+        context = self.prompts.build(row)
+        if isinstance(context, RowError):
+            return context
+        try:
+            q = mc.question(row, context, self.task.scoring, self.tokenize)
+        except ValueError as err:
+            return RowError(str(err))
+        longest = max(r.length for r in q.requests)
+        limit = self.engine.context_length
+        if limit is not None and longest > limit:
+            return RowError(f"context + choice has {longest} tokens > model context {limit}")
+        return q
+
+    def _output(self, row: dict, q: mc.Question | RowError, results: dict) -> dict:
+        out = {
+            "id": row["id"],
+            "prompt": q.context if isinstance(q, mc.Question) else None,
+            "target": _target_text(row.get(self.task.scoring.target_column)),
+            "generated_tokens": 0,
+            "prompt_tokens": 0,
+        }
+        if isinstance(q, RowError):
+            return {**out, "error": q.reason, "finish_reason": "error"}
+        scored = [results[r.id] for r in q.requests]
+        failed = next((s.error for s in scored if s.error), None)
+        if failed:
+            return {**out, "error": failed, "finish_reason": "error"}
+        lls = [s.logprob for s in scored]
+        return {**out, "prompt_tokens": q.tokens, "choice_logprobs": lls, **mc.accuracy(q, scored)}
+
+
+class EvalStage:
+    """Loads the engine once; every task's rows are computed on it (the Ray Data UDF of `runner eval`)."""
+
+    def __init__(self, cfg: EvalConfig, engine: Engine | None = None, cpu_threads: int | None = None):
+        from runner.engine import Engine
+
+        self.cpu_threads = set_cpu_threads(cpu_threads) if cpu_threads else None
+        self.engine = engine or Engine(cfg.model, cfg.sampling, cfg.batching, cfg.placement)
+        self.schema = output_schema(cfg)
+        self.replica = replica_label()
+        self.tasks = {
+            t.name: ChoiceTask(t, self.engine)
+            if t.scoring.loglikelihood
+            else GenerationTask(cfg, t, self.engine)
+            for t in cfg.task_list()
+        }
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.cpu_threads:  # see GenerationStage: Ray's threads start with one torch thread
+            set_cpu_threads(self.cpu_threads)
+        out: list[dict] = []
+        for name, group in groupby(batch.to_pylist(), key=lambda r: r["task"]):
+            rows = [{**json.loads(r["input"]), "id": r["id"]} for r in group]
+            for result in self.tasks[name](rows):
+                out.append({**result, "task": name, "replica": self.replica})
+        return pa.Table.from_pylist(out, schema=self.schema)
