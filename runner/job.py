@@ -187,10 +187,11 @@ class Job:
 
     def _summary(self, pool: cluster.Pool, stats: JobStats, status: str, restarts: int | None) -> dict:
         rows, errors = self.dir.counts()
+        extra = {}
         if status != "running":  # a full read of the ids: once, at the end
-            extra = {"output_ids_distinct": self.dir.distinct_ids()}
-        else:
-            extra = {}
+            extra["output_ids_distinct"] = distinct = self.dir.distinct_ids()
+            if distinct < rows:  # a streamed input is not checked for duplicate ids before the run
+                log.warning("%d output rows but %d distinct ids: the input repeats ids", rows, distinct)
         return build_summary(
             self.cfg,
             stats,
