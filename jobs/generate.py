@@ -12,6 +12,9 @@ from runner.job import Job
 from runner.stage import GenerationStage
 
 
-def run(cfg: JobConfig, overwrite: bool = False, max_error_rate: float | None = None) -> dict:
+def run(
+    cfg: JobConfig, overwrite: bool = False, max_error_rate: float | None = None, retry_errors: bool = False
+) -> dict:
     """Run the job to completion and return its summary (also written to ``_job.json``)."""
-    return Job(cfg, stage=GenerationStage).run(overwrite=overwrite, max_error_rate=max_error_rate)
+    job = Job(cfg, stage=GenerationStage)
+    return job.run(overwrite=overwrite, max_error_rate=max_error_rate, retry_errors=retry_errors)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from runner import errors
+from runner import errors, logs
 from runner.config import JobConfig, PlacementConfig, RayConfig, RetryConfig
 from runner.errors import ConfigError, ReplicaFailed, RunnerError, root_cause
 
@@ -56,6 +56,7 @@ def connect(cfg: RayConfig) -> None:
     previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
         _init(ray, cfg)
+        logs.announce()
     finally:
         if callable(previous):
             signal.signal(signal.SIGTERM, previous)
@@ -143,7 +144,7 @@ class RestartCounter:
         return {key: info for key, info in actors.items() if "Stage" in info["ActorClassName"]}
 
 
-def results(table: pa.Table, cfg: JobConfig, pool: Pool, stage: type | None = None) -> Iterator[pa.Table]:
+def results(table, cfg: JobConfig, pool: Pool, stage: type | None = None) -> Iterator[pa.Table]:
     """`run_stage`'s output batches; a replica dead beyond its restarts becomes a `ReplicaFailed`."""
     from ray.exceptions import RayActorError
 
@@ -202,9 +203,10 @@ def cpu_threads(pool: Pool) -> int | None:
     return max(1, cores // pool.replicas)
 
 
-def run_stage(table: pa.Table, cfg: JobConfig, pool: Pool, stage: type | None = None) -> Iterator[pa.Table]:
+def run_stage(table, cfg: JobConfig, pool: Pool, stage: type | None = None) -> Iterator[pa.Table]:
     """Stream output batches of `stage` (default: the generation stage, constructed with `cfg=` and
-    `cpu_threads=` on each replica) run by the replica pool over `table`."""
+    `cpu_threads=` on each replica) run by the replica pool over `table` (a table, or a streamed
+    input's `Pending` rows)."""
     import ray.data
 
     from runner.stage import GenerationStage
@@ -224,9 +226,12 @@ def run_stage(table: pa.Table, cfg: JobConfig, pool: Pool, stage: type | None = 
     # Dispatch only once every replica has loaded its model: otherwise the first replica up takes the
     # first batches and the pool starts unbalanced; a pool the cluster cannot hold fails after the wait.
     ray.data.DataContext.get_current().wait_for_min_actors_s = REPLICA_START_TIMEOUT_S
-    # from_blocks, not from_arrow: it keeps our blocks as they are and computes their metadata here,
-    # where from_arrow runs a Ray task for it (a worker to start, ~2 s on a small machine).
-    ds = ray.data.from_blocks(_blocks(table, rows))
+    if isinstance(table, pa.Table):
+        # from_blocks, not from_arrow: it keeps our blocks as they are and computes their metadata
+        # here, where from_arrow runs a Ray task for it (a worker to start, ~2 s on a small machine).
+        ds = ray.data.from_blocks(_blocks(table, rows))
+    else:  # a streamed input (`JobDir.pending`): read by Ray Data's read tasks on the workers
+        ds = table.dataset(rows)
     ds = ds.map_batches(
         stage,
         fn_constructor_kwargs={"cfg": cfg, "cpu_threads": cpu_threads(pool)},

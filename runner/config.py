@@ -258,6 +258,9 @@ class BatchingConfig(_Strict):
         le=1,
         description="padded: pad positions allowed in a prefill, as a share of its prompt tokens",
     )
+    stall_timeout_s: float | None = Field(
+        600.0, gt=0, description="an engine call with no forward pass for this long fails as engine errors"
+    )
     rows_per_task: int = Field(256, ge=1, description="rows a replica receives per Ray Data batch")
     batches_in_flight: int = Field(
         2,
@@ -277,6 +280,14 @@ class OutputConfig(_Strict):
     token_ids: bool = Field(False, description="add the generated token ids as a list column")
     parse_json: bool = Field(
         False, description="add `parsed`: the generation parsed as JSON (null if invalid)"
+    )
+    flush_seconds: float = Field(
+        60.0, gt=0, description="commit buffered rows at least this often (bounds what a kill loses)"
+    )
+    lease_timeout_s: float = Field(
+        120.0,
+        ge=3,
+        description="a driver's lease on output.path is taken over after this long without heartbeat",
     )
 
 

@@ -20,6 +20,7 @@ exactly-once here: a row is done iff its id is in a committed part.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +30,8 @@ from runner import cluster
 from runner.config import JobConfig
 from runner.demo_model import SIZES, is_demo
 from runner.errors import ConfigError, JobFailed
-from runner.io.inputs import read_input
+from runner.io.lease import LeaseLost
+from runner.io.stream import StreamedInput, open_input
 from runner.jobdir import JobDir
 from runner.progress import Progress
 from runner.signals import Interrupted, StopSignals
@@ -69,57 +71,81 @@ def check_demands(cfg: JobConfig) -> None:
 class Job:
     """One run of a job kind over its input, into `cfg.output.path`.
 
-    `read(cfg)` returns the input rows (first column `id`); `stage` is the Ray Data UDF class the
-    replicas run (constructed with `cfg=`); `summary_extra(job_dir)` adds a kind's own summary fields.
+    `read(cfg)` returns the input rows: a table whose first column is `id`, or a `StreamedInput`
+    (the default: `runner.io.stream.open_input(cfg.data)`, read by Ray Data on the workers, so the
+    driver's memory does not grow with the input). `stage` is the Ray Data UDF class the replicas
+    run (constructed with `cfg=`); `summary_extra(job_dir)` adds a kind's own summary fields.
     """
 
     def __init__(
         self,
         cfg: JobConfig,
         stage: type | None = None,
-        read: Callable[[JobConfig], pa.Table] | None = None,
+        read: Callable[[JobConfig], pa.Table | StreamedInput] | None = None,
         summary_extra: Callable[[JobDir], dict] | None = None,
     ):
         self.cfg = cfg
         self.stage = stage
-        self.read = read or (lambda c: read_input(c.data))
+        self.read = read or (lambda c: open_input(c.data))
         self.summary_extra = summary_extra or (lambda _dir: {})
         self.dir = JobDir(cfg.output.path)
 
-    def preflight(self, overwrite: bool) -> pa.Table:
-        """Every check that needs no cluster: model path, input and its columns, output directory."""
-        check_model_path(self.cfg.model.path)
-        check_demands(self.cfg)
-        table = self.read(self.cfg)
-        self.dir.prepare()
-        self.dir.check_previous(self.cfg, overwrite)
+    def preflight(self, overwrite: bool) -> pa.Table | StreamedInput:
+        """Every check that needs no cluster: model path, input and its columns, output directory.
+
+        `run` does the same with the directory's lease held between the two halves."""
+        table = self.check_input()
+        self.check_output(overwrite)
         return table
 
-    def run(self, overwrite: bool = False, max_error_rate: float | None = None) -> dict:
+    def check_input(self) -> pa.Table | StreamedInput:
+        """Model path, kernels the config demands, the input and its columns: nothing is written."""
+        check_model_path(self.cfg.model.path)
+        check_demands(self.cfg)
+        return self.read(self.cfg)
+
+    def check_output(self, overwrite: bool) -> None:
+        """The output directory: writable, temps a crash left removed, an earlier run's settings match."""
+        self.dir.prepare()
+        self.dir.check_previous(self.cfg, overwrite)
+
+    def run(
+        self, overwrite: bool = False, max_error_rate: float | None = None, retry_errors: bool = False
+    ) -> dict:
         """Run to completion and return the summary (also written to the directory).
 
-        SIGINT / SIGTERM raise `Interrupted` after committing what is complete; rerunning resumes.
+        The output directory's lease is taken before anything is written to it and held to the end,
+        so two drivers never write one directory. SIGINT / SIGTERM raise `Interrupted` after
+        committing what is complete; rerunning resumes.
         """
         with StopSignals() as signals:
-            table = self.preflight(overwrite)
-            cluster.connect(self.cfg.ray)
-            pool = cluster.plan_pool(self.cfg.placement, cluster.gpus_per_node())
-            if overwrite:  # only now, so a config that fails its checks destroys nothing
-                removed = self.dir.clear()
-                log.info("--overwrite: removed %d file(s) of the previous run", len(removed))
-            todo, skipped = self.dir.pending(table)
-            log.info(
-                "%d rows to do (%d already done), %d replica(s) x %d GPU",
-                todo.num_rows,
-                skipped,
-                pool.replicas,
-                pool.gpus_per_replica,
-            )
-            summary = self._stream(pool, todo, JobStats(rows_skipped=skipped), signals)
+            table = self.check_input()
+            with self.dir.lease(self.cfg.output.lease_timeout_s):
+                self.check_output(overwrite)
+                cluster.connect(self.cfg.ray)
+                pool = cluster.plan_pool(self.cfg.placement, cluster.gpus_per_node())
+                if overwrite:  # only now, so a config that fails its checks destroys nothing
+                    removed = self.dir.clear()
+                    log.info("--overwrite: removed %d file(s) of the previous run", len(removed))
+                retried = self.dir.drop_retryable_errors() if retry_errors and not overwrite else 0
+                if retried:
+                    log.info(
+                        "--retry-errors: %d error row(s) of earlier runs will be generated again", retried
+                    )
+                todo, skipped = self.dir.pending(table)
+                log.info(
+                    "%d rows to do (%d already done), %d replica(s) x %d GPU",
+                    _rows(todo),
+                    skipped,
+                    pool.replicas,
+                    pool.gpus_per_replica,
+                )
+                stats = JobStats(rows_skipped=skipped, rows_retried=retried)
+                summary = self._stream(pool, todo, stats, signals)
         check_error_rate(summary, max_error_rate)
         return summary
 
-    def _stream(self, pool: cluster.Pool, todo: pa.Table, stats: JobStats, signals: StopSignals) -> dict:
+    def _stream(self, pool: cluster.Pool, todo, stats: JobStats, signals: StopSignals) -> dict:
         """Stream the stage's output into part files; the summary records how it ended, always."""
         restarts = cluster.RestartCounter()
 
@@ -130,19 +156,26 @@ class Job:
             return summary
 
         finish("running")  # before the first part: a killed run still says which config wrote them
-        writer = self.dir.writer(self.cfg.output.rows_per_file)
+        out = self.cfg.output
+        writer = self.dir.writer(out.rows_per_file, out.flush_seconds)
+        flusher = _Flusher(writer, out.flush_seconds)
         try:
-            with Progress(todo.num_rows) as progress:
-                batches = cluster.results(todo, self.cfg, pool, self.stage) if todo.num_rows else []
+            with Progress(_rows(todo)) as progress:
+                batches = cluster.results(todo, self.cfg, pool, self.stage) if _rows(todo) else []
                 for batch in batches:
-                    with signals.hold():
+                    with signals.hold():  # a deferred signal fires after both: the summary counts the rows
                         writer.write(batch)
-                    stats.add(batch)
+                        stats.add(batch)
                     progress.update(batch.num_rows, stats)
+        except LeaseLost:
+            flusher.stop()
+            raise  # another driver owns the directory now: write nothing more, not even the summary
         except BaseException as err:
+            flusher.stop()
             self._commit_rest(writer, signals)
             finish("interrupted" if isinstance(err, Interrupted) else "failed")
             raise
+        flusher.stop()
         self._commit_rest(writer, signals)
         return finish("done")
 
@@ -154,6 +187,11 @@ class Job:
 
     def _summary(self, pool: cluster.Pool, stats: JobStats, status: str, restarts: int | None) -> dict:
         rows, errors = self.dir.counts()
+        extra = {}
+        if status != "running":  # a full read of the ids: once, at the end
+            extra["output_ids_distinct"] = distinct = self.dir.distinct_ids()
+            if distinct < rows:  # a streamed input is not checked for duplicate ids before the run
+                log.warning("%d output rows but %d distinct ids: the input repeats ids", rows, distinct)
         return build_summary(
             self.cfg,
             stats,
@@ -163,8 +201,38 @@ class Job:
             replica_restarts=restarts,
             output_rows=rows,
             output_rows_error=errors,
+            **extra,
             **self.summary_extra(self.dir),
         )
+
+
+def _rows(todo) -> int:
+    """Rows to do: a table's rows, or a streamed input's planned count (see `JobDir.pending`)."""
+    return todo.num_rows if isinstance(todo, pa.Table) else todo.rows
+
+
+class _Flusher:
+    """Commits the writer's buffer on time while the driver waits on Ray for the next batch."""
+
+    def __init__(self, writer, flush_seconds: float):
+        self.writer = writer
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._period = max(0.5, min(5.0, flush_seconds / 4))
+        self._thread = threading.Thread(target=self._loop, name="output-flush", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._period):
+            try:
+                self.writer.flush_due()
+            except BaseException as err:  # noqa: BLE001 - the next commit on the main thread raises it again
+                log.warning("timed flush failed: %s", err)
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def check_error_rate(summary: dict, max_error_rate: float | None) -> None:

@@ -15,6 +15,26 @@ import pyarrow.compute as pc
 from runner.config import JobConfig
 from runner.errors import OutputError
 from runner.io import outputs
+from runner.io.lease import Lease
+
+
+class Pending:
+    """A streamed input's rows still to do (`rows`: the planned count); `dataset()` reads them."""
+
+    def __init__(self, source, done: pa.Array, rows: int):
+        self.source, self._done, self.rows = source, done, rows
+
+    def dataset(self, block_rows: int):
+        """The lazy Ray Dataset of the rows not done, in blocks of `block_rows` (one Ray Data batch
+        each, so the replicas share the work from the first batch on). The done ids go to the
+        object store here and the driver lets go of its copy."""
+        done, self._done = self._done, None
+        return self.source.dataset(done, block_rows)
+
+
+def not_done(batch: pa.Table, done: pa.Array) -> pa.Array:
+    """Mask of the batch's rows whose id is not in `done` (an Arrow hash lookup, no Python set)."""
+    return pc.invert(pc.is_in(batch.column("id"), value_set=done))
 
 
 class JobDir:
@@ -22,6 +42,14 @@ class JobDir:
 
     def __init__(self, path: str):
         self.path = path
+        self._lease: Lease | None = None
+
+    def lease(self, timeout_s: float = 120.0, heartbeat_s: float = 10.0) -> Lease:
+        """This directory's lease (one writer at a time); `acquire()` it before writing anything.
+
+        A second driver gets an `OutputError` naming the holder; a stale lease is taken over."""
+        self._lease = Lease(*outputs._filesystem(self.path), timeout_s=timeout_s, heartbeat_s=heartbeat_s)
+        return self._lease
 
     def prepare(self) -> None:
         """Create it, check it is writable and remove temp files a crash left (ours only)."""
@@ -54,18 +82,47 @@ class JobDir:
         """`--overwrite`: delete the runner's own files (parts, temps, summary); return their names."""
         return outputs.PartWriter.remove_parts(self.path)
 
-    def pending(self, table: pa.Table) -> tuple[pa.Table, int]:
-        """Input rows whose ids are not yet committed here; and how many were."""
-        done = outputs.committed_ids(self.path)
-        if not done:
+    def pending(self, table):
+        """Input rows whose ids are not yet committed here; and how many were.
+
+        A table gives a table. A streamed input (`runner.io.stream.StreamedInput`) gives a `Pending`:
+        its lazy Ray Dataset drops committed ids inside the read tasks (the done ids go to the
+        object store once), its `rows` is the planned count; "how many were" is then the number of
+        committed rows (all of this input's: the settings hash, `data` included, matched)."""
+        if not isinstance(table, pa.Table):
+            return self._pending_stream(table)
+        done = self.done_ids()
+        if not len(done):
             return table, 0
-        mask = pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(done), pa.string())))
-        todo = table.filter(mask)
+        todo = table.filter(not_done(table, done))
         return todo, table.num_rows - todo.num_rows
 
-    def writer(self, rows_per_file: int) -> outputs.PartWriter:
-        """The part writer that appends this run's rows after the committed parts."""
-        return outputs.PartWriter(self.path, rows_per_file)
+    def _pending_stream(self, source):
+        done = self.done_ids()
+        skipped = min(len(done), source.total_rows)
+        return Pending(source, done, source.total_rows - skipped), skipped
+
+    def done_ids(self) -> pa.Array:
+        """Ids committed here, as one Arrow string array (no Python objects: 10 M ids fit in ~200 MB)."""
+        return outputs.committed_id_array(self.path)
+
+    def writer(self, rows_per_file: int, flush_seconds: float | None = None) -> outputs.PartWriter:
+        """The part writer that appends this run's rows after the committed parts.
+
+        When this directory's lease is held, every commit first checks it is still ours."""
+        check = self._lease.check if self._lease is not None else None
+        return outputs.PartWriter(self.path, rows_per_file, flush_seconds=flush_seconds, before_commit=check)
+
+    def drop_retryable_errors(self) -> int:
+        """`--retry-errors`: remove committed error rows the infrastructure caused (error_kind engine),
+        so they are pending again and this run generates them; return how many. Rows are dropped
+        before they are generated again, each part rewritten atomically, so an id is never in two
+        committed rows, whenever the run stops."""
+        return outputs.drop_rows(self.path, outputs.retryable_ids(self.path))
+
+    def distinct_ids(self) -> int:
+        """How many distinct ids the committed parts hold (equals the row count unless ids repeat)."""
+        return outputs.distinct_id_count(self.path)
 
     def counts(self) -> tuple[int, int]:
         """(rows, error rows) over every committed part: all runs of a resumed job together."""

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-
 from tqdm import tqdm
+
+from runner import logs
 
 
 class Progress:
     """tqdm over rows; the postfix carries token throughput and error count."""
 
     def __init__(self, total: int):
-        self.bar = tqdm(total=total, unit="row", desc="generate", file=sys.stderr, dynamic_ncols=True)
+        self.bar = tqdm(total=total, unit="row", desc="generate", file=logs.terminal(), dynamic_ncols=True)
 
     def update(self, rows: int, stats) -> None:
         self.bar.update(rows)

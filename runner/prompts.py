@@ -11,6 +11,9 @@ from typing import Any
 
 import jinja2
 import jinja2.meta
+import jinja2.nodes
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from runner import chat
 from runner.config import PromptConfig
@@ -24,7 +27,9 @@ class RowError:
     reason: str
 
 
-_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+# Templates come from configs and render on every replica: Jinja's immutable sandbox (as transformers
+# uses for chat templates) refuses attribute access into Python internals and mutation of values.
+_ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
 class PromptBuilder:
@@ -33,6 +38,8 @@ class PromptBuilder:
     def __init__(self, cfg: PromptConfig, tokenizer: Any = None):
         self.cfg = cfg
         self.tokenizer = tokenizer
+        if cfg.template:
+            check_template_safe(cfg.template)
         self.template = _ENV.from_string(cfg.template) if cfg.template else None
         self.variables = set(template_variables(cfg.template)) if cfg.template else set()
 
@@ -47,15 +54,18 @@ class PromptBuilder:
                 text = row.get(self.cfg.column)
             if not self.cfg.messages_column:
                 text = chat.finish(text, self.cfg, self.tokenizer)  # data.prompt.chat / assistant_prefix
-        except (jinja2.TemplateError, TypeError, ValueError, KeyError) as err:
-            return RowError(f"prompt: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        except SecurityError as err:
+            return RowError(f"data.prompt.template: refused by the sandbox: {_first_line(err)}")
+        except Exception as err:  # noqa: BLE001 - whatever a template or tokenizer raises is this row's error
+            return RowError(f"prompt: {type(err).__name__}: {_first_line(err)}")
         return _check_text(text, self.cfg)
 
     def _from_template(self, row: dict) -> str:
         nulls = sorted(k for k in self.variables if row.get(k) is None)
         if nulls:
             raise ValueError(f"template column {nulls[0]!r} is null")
-        return self.template.render(**row)
+        # The row as one mapping, not keywords: a column named `self` would clash with render's own.
+        return self.template.render(row)
 
     def _from_messages(self, messages: Any) -> str:
         if not isinstance(messages, list) or not messages:
@@ -64,6 +74,26 @@ class PromptBuilder:
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise ValueError("each message needs 'role' and 'content'")
         return chat.render(messages, self.cfg, self.tokenizer)
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err).strip() else ""
+
+
+def check_template_safe(template: str) -> None:
+    """Refuse, before any row renders, a template that reaches for Python internals (`__x`/`_x`
+    attributes, e.g. `cycler.__init__.__globals__`): the sandbox would refuse it on every row."""
+    try:
+        tree = _ENV.parse(template)
+    except jinja2.TemplateSyntaxError as err:
+        raise ConfigError(f"data.prompt.template: invalid Jinja (line {err.lineno}: {err.message})") from None
+    for node in tree.find_all((jinja2.nodes.Getattr, jinja2.nodes.Getitem)):
+        name = node.attr if isinstance(node, jinja2.nodes.Getattr) else getattr(node.arg, "value", None)
+        if isinstance(name, str) and name.startswith("_"):
+            raise ConfigError(
+                f"data.prompt.template: access to {name!r} (line {node.lineno}) is not allowed: "
+                "templates render in a sandbox"
+            )
 
 
 def _check_text(text: Any, cfg: PromptConfig) -> str | RowError:
@@ -79,9 +109,6 @@ def _check_text(text: Any, cfg: PromptConfig) -> str | RowError:
 
 def template_variables(template: str) -> list[str]:
     """Row columns a Jinja template reads (Jinja's own globals such as ``range`` excluded)."""
-    env = jinja2.Environment()
-    try:
-        names = jinja2.meta.find_undeclared_variables(env.parse(template))
-    except jinja2.TemplateSyntaxError as err:
-        raise ConfigError(f"data.prompt.template: invalid Jinja (line {err.lineno}: {err.message})") from None
-    return sorted(names - set(env.globals))
+    check_template_safe(template)
+    names = jinja2.meta.find_undeclared_variables(_ENV.parse(template))
+    return sorted(names - set(_ENV.globals))

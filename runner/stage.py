@@ -7,6 +7,7 @@ directly. Every input row comes out exactly once; a bad row comes out as an erro
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -18,12 +19,15 @@ from runner.config import JobConfig
 from runner.engine import Completion, Request
 from runner.errors import ConfigError
 from runner.extra_outputs import ExtraColumns
-from runner.io.outputs import OUTPUT_COLUMNS
+from runner.io.outputs import INPUT_ERROR, OUTPUT_COLUMNS
 from runner.prompts import PromptBuilder, RowError
 from runner.row_options import RowOptions
+from runner.watchdog import Stalled, Watchdog
 
 if TYPE_CHECKING:
     from runner.engine import Engine
+
+log = logging.getLogger(__name__)
 
 RESULT_FIELDS = OUTPUT_COLUMNS[1:]  # what the stage adds after `id` (and the carried columns)
 
@@ -39,6 +43,7 @@ def result_schema(n: int) -> pa.Schema:
             ("generated_tokens", pa.int64()),
             ("finish_reason", text),
             ("error", pa.string()),
+            ("error_kind", pa.string()),
             ("replica", pa.string()),
         ]
     )
@@ -76,6 +81,33 @@ class _Row:
     error: str | None = None
 
 
+def readable_rows(batch: pa.Table) -> list[dict]:
+    """The batch as Python rows; a row that cannot convert (invalid UTF-8 in a string column)
+    becomes a row carrying only its id and an input error naming the column."""
+    try:
+        return batch.to_pylist()
+    except Exception:  # noqa: BLE001 - find the rows that fail, keep the others
+        pass
+    rows = []
+    for i in range(batch.num_rows):
+        one = batch.slice(i, 1)
+        try:
+            rows.append(one.to_pylist()[0])
+        except Exception:  # noqa: BLE001
+            bad = next(name for name in one.column_names if _unconvertible(one.column(name)))
+            raw = one.column("id").cast(pa.binary())[0].as_py() or b""
+            rows.append({"id": raw.decode("utf-8", "replace"), INPUT_ERROR: f"column {bad!r}: invalid data"})
+    return rows
+
+
+def _unconvertible(column: pa.ChunkedArray) -> bool:
+    try:
+        column.to_pylist()
+        return False
+    except Exception:  # noqa: BLE001
+        return True
+
+
 class GenerationStage:
     """Loads the engine once; turns input batches (pyarrow) into output batches."""
 
@@ -91,6 +123,8 @@ class GenerationStage:
         self._check_row_options(cfg)
         self.extra_columns = ExtraColumns(cfg, self.engine.tokenizer)  # columns only some options add
         self.replica = replica_label()
+        self.watchdog = Watchdog(cfg.batching.stall_timeout_s)
+        self.watchdog.watch_model(self.engine.model)
 
     def _check_row_options(self, cfg: JobConfig) -> None:
         """Per-row option columns the engine's strategy cannot honour fail at start, not on every row."""
@@ -104,17 +138,65 @@ class GenerationStage:
             )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        self.watchdog.restart_if_broken()
         if self.cpu_threads:  # Ray runs concurrent batches on threads of its own: set in each
             set_cpu_threads(self.cpu_threads)
         # Announced before tokenizing: batches in flight on this replica are planned together.
         with self.engine.announce():
-            rows = [self._prepare(row) for row in batch.to_pylist()]
+            rows = [self._prepare_safely(row) for row in readable_rows(batch)]
             requests = [r.request for r in rows if r.request is not None]
-            done = {c.id: c for c in self.engine.generate(requests)}
-        return self.extra_columns.append(self._output(batch, rows, done), rows, done)
+            done, isolated = {}, set()
+            self._generate(requests, done, isolated)
+        if len(isolated) == len(requests):  # every row failed alone: the engine is broken, not the rows
+            isolated.clear()
+        return self.extra_columns.append(self._output(batch, rows, done, isolated), rows, done)
+
+    def _generate(self, requests: list[Request], done: dict, isolated: set) -> None:
+        """Complete `requests` into `done`; a call that raises (not out of memory: the engine splits
+        those itself) is bisected until the row that causes it fails alone, the others still generate."""
+        import torch
+
+        if not requests:
+            return
+        try:
+            done.update((c.id, c) for c in self.watchdog.call(self._engine_generate, requests))
+            return
+        except torch.OutOfMemoryError:
+            raise
+        except Stalled as err:  # the engine, not these rows: every row fails as a retryable engine error
+            log.error("%s; failing %d row(s)", err, len(requests))
+            done.update((r.id, Completion.failed(r.id, str(err))) for r in requests)
+            return
+        except Exception as err:  # noqa: BLE001 - any failure of one row must not fail its batch
+            if len(requests) == 1:
+                reason = f"engine: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                log.warning("row %s fails on its own: %s", requests[0].id, reason)
+                done[requests[0].id] = Completion.failed(requests[0].id, reason)
+                isolated.add(requests[0].id)
+                return
+            log.warning("a batch of %d rows failed (%s); bisecting to isolate the row", len(requests), err)
+        half = len(requests) // 2
+        self._generate(requests[:half], done, isolated)
+        self._generate(requests[half:], done, isolated)
+
+    def _engine_generate(self, requests: list[Request]) -> list[Completion]:
+        # The watchdog runs the call on a thread of its own: OpenMP's thread count is per thread.
+        if self.cpu_threads:
+            set_cpu_threads(self.cpu_threads)
+        return self.engine.generate(requests)
+
+    def _prepare_safely(self, row: dict) -> _Row:
+        try:
+            return self._prepare(row)
+        except Exception as err:  # noqa: BLE001 - a tokenizer or value surprise is this row's error
+            first = str(err).splitlines()[0] if str(err).strip() else ""
+            return _Row(id=row["id"], error=f"prepare: {type(err).__name__}: {first}")
 
     def _prepare(self, row: dict) -> _Row:
         out = _Row(id=row["id"])
+        if row.get(INPUT_ERROR) is not None:
+            out.error = row[INPUT_ERROR]
+            return out
         prompt = self.prompts.build(row)
         limit = self._max_new_tokens(row)
         options = self.options.for_row(row)
@@ -138,6 +220,8 @@ class GenerationStage:
             return self.cfg.sampling.max_new_tokens
         if isinstance(value, float) and value.is_integer():
             value = int(value)
+        if isinstance(value, str) and value.strip().isdigit():  # CSV and mixed-type JSONL give text
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             return RowError(f"column {column!r} is {value!r}: max_new_tokens must be a positive integer")
         return value
@@ -159,12 +243,16 @@ class GenerationStage:
             "(set data.overlong: truncate_left to keep the last tokens)"
         )
 
-    def _output(self, batch: pa.Table, rows: list[_Row], done: dict[str, Completion]) -> pa.Table:
+    def _output(
+        self, batch: pa.Table, rows: list[_Row], done: dict[str, Completion], isolated: set = frozenset()
+    ) -> pa.Table:
         n = self.cfg.sampling.n
         columns = {name: [] for name in RESULT_FIELDS}
         for row in rows:
             c = done.get(row.id)
             error = row.error or (c.error if c is not None else "engine returned no result")
+            # A row's own fault (input, prompt, context, a row that fails alone) or the engine's.
+            kind = None if not error else ("row" if row.error or row.id in isolated else "engine")
             texts = None if error else (c.texts if n > 1 else c.texts[0])
             reasons = ["error"] * n if error else c.finish_reasons
             columns["prompt"].append(row.prompt)
@@ -173,6 +261,7 @@ class GenerationStage:
             columns["generated_tokens"].append(c.generated_tokens if c is not None else 0)
             columns["finish_reason"].append(reasons if n > 1 else reasons[0])
             columns["error"].append(error)
+            columns["error_kind"].append(kind)
             columns["replica"].append(self.replica)
         keep = ["id", *self.cfg.data.carry_columns]
         return pa.Table.from_arrays(

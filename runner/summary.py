@@ -43,6 +43,7 @@ class JobStats:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     rows_skipped: int = 0
+    rows_retried: int = 0  # error rows of earlier runs dropped to be generated again (--retry-errors)
     started: float = field(default_factory=time.monotonic)
 
     def add(self, batch: pa.Table) -> None:
@@ -83,6 +84,7 @@ def build_summary(cfg: JobConfig, stats: JobStats, **extra) -> dict:
         "rows_ok": stats.rows_ok,
         "rows_error": stats.rows_error,
         "rows_skipped_already_done": stats.rows_skipped,
+        "rows_retried": stats.rows_retried,
         "prompt_tokens": stats.prompt_tokens,
         "generated_tokens": stats.generated_tokens,
         "wall_time_s": round(stats.wall_s, 3),
@@ -106,6 +108,8 @@ def _resume_note(summary: dict) -> str:
     notes = []
     if summary.get("rows_skipped_already_done"):
         notes.append(f"{summary['rows_skipped_already_done']} rows were already done")
+    if summary.get("rows_retried"):
+        notes.append(f"{summary['rows_retried']} error rows retried")
     if summary.get("replica_restarts"):
         notes.append(f"{summary['replica_restarts']} replica restart(s)")
     return f"; {', '.join(notes)}" if notes else ""

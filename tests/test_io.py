@@ -119,10 +119,11 @@ def test_empty_glob_and_empty_directory(tmp_path):
         read_input(cfg(tmp_path))
 
 
-def test_parse_error_names_the_file(tmp_path):
+def test_a_malformed_line_is_that_rows_input_error_naming_the_file_and_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"prompt": \n')
-    with pytest.raises(InputError, match=r"data\.source: cannot read .*bad\.jsonl as jsonl"):
-        read_input(cfg(tmp_path / "bad.jsonl"))
+    rows = read_input(cfg(tmp_path / "bad.jsonl")).to_pylist()
+    assert rows[0]["prompt"] == "ok" and rows[0]["_input_error"] is None
+    assert rows[1]["_input_error"].startswith("bad.jsonl line 2: not a JSON object")
 
 
 def test_mixed_formats_and_unknown_extension(tmp_path):

@@ -78,3 +78,35 @@ def test_cpu_replicas_share_the_cluster_cores_and_gpu_replicas_keep_torch_defaul
     assert cpu_threads(Pool(replicas=1, gpus_per_replica=0, cpus_per_replica=0.5)) == 2
     assert cpu_threads(Pool(replicas=2, gpus_per_replica=0, cpus_per_replica=0.5)) == 1
     assert cpu_threads(Pool(replicas=2, gpus_per_replica=1, cpus_per_replica=0.5)) is None
+
+
+def test_retry_errors_regenerates_engine_error_rows_and_never_duplicates_an_id(
+    ray_two_gpus, prompts_file, tmp_path
+):
+    import pyarrow as pa
+
+    cfg = job_config(prompts_file, tmp_path / "out", placement={"replicas": 1})
+    run(cfg)
+    first = {r["id"]: r for r in pq.read_table(tmp_path / "out").to_pylist()}
+    # What an OOM at a batch of one (engine) and a bad row (row) leave behind, in the first part.
+    part = tmp_path / "out" / "part-00000.parquet"
+    table = pq.read_table(part)
+    ids = table.column("id").to_pylist()
+    kinds = {ids[0]: "engine", ids[1]: "engine", ids[2]: "row"}
+    errors = pa.array([("out of memory" if i in kinds else None) for i in ids], pa.string())
+    table = table.set_column(table.schema.get_field_index("error"), "error", errors)
+    table = table.set_column(
+        table.schema.get_field_index("error_kind"), "error_kind", pa.array([kinds.get(i) for i in ids])
+    )
+    pq.write_table(table, part)
+
+    summary = run(cfg, retry_errors=True)
+    rows = pq.read_table(tmp_path / "out").to_pylist()
+    assert sorted(r["id"] for r in rows) == sorted(first) and len(rows) == len(first)  # each id once
+    by_id = {r["id"]: r for r in rows}
+    assert summary["rows_retried"] == 2 and summary["rows_ok"] == 2
+    for regenerated in (ids[0], ids[1]):
+        assert by_id[regenerated]["error"] is None
+        assert by_id[regenerated]["generation"] == first[regenerated]["generation"]
+    assert by_id[ids[2]]["error_kind"] == "row"  # a row's own error would fail again: kept
+    assert summary["output_rows_error"] == 1 and summary["output_ids_distinct"] == len(first)

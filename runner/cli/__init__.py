@@ -6,9 +6,9 @@ One small module per command; heavy imports happen inside the command so `--help
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
+import traceback
 
+from runner import logs
 from runner.cli import compare as compare_command
 from runner.cli import eval as eval_command
 from runner.cli import report as report_command
@@ -29,27 +29,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS.values():
         module.add_parser(sub)
+    for command in sub.choices.values():  # every command, whoever registered it, shares --verbose
+        # argparse's private option table: the only way to ask whether a command already defines it.
+        if "--verbose" not in command._option_string_actions:
+            command.add_argument(
+                "--verbose",
+                action="store_true",
+                help="also show Ray's and libraries' logs (always in the log file)",
+            )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logs.setup(verbose=getattr(args, "verbose", False), debug=getattr(args, "debug", False))
     try:
         return COMMANDS[args.command].execute(args)
     except KeyboardInterrupt as err:  # a bare one is Ctrl-C outside a job's signal handling
         name = str(err) if isinstance(err, Interrupted) else "SIGINT"
         print(
             f"interrupted ({name}): output committed so far is kept; run the same command again to resume",
-            file=sys.stderr,
+            file=logs.terminal(),
         )
         return getattr(err, "exit_code", 130)
     except Exception as err:  # noqa: BLE001 - every failure becomes one line unless --debug
-        if args.debug:
+        if getattr(args, "debug", False):
+            # To the terminal: descriptor 2 may be the log file now (runner.logs).
+            traceback.print_exc(file=logs.terminal())
             raise
         cause = root_cause(err) or err
         message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {message}", file=logs.terminal())
         return getattr(cause, "exit_code", 1)

@@ -29,6 +29,11 @@ def add_parser(sub) -> None:
         metavar="F",
         help="fail (exit 1, after writing the output) when more than this fraction of rows are errors",
     )
+    p.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="generate again the committed rows that failed for the engine's reasons (error_kind engine)",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -49,6 +54,8 @@ def execute(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + ([f"output.path={args.output}"] if args.output else [])
     cfg = load_config(args.config, overrides)
-    summary = run(cfg, overwrite=args.overwrite, max_error_rate=args.max_error_rate)
+    summary = run(
+        cfg, overwrite=args.overwrite, max_error_rate=args.max_error_rate, retry_errors=args.retry_errors
+    )
     print(one_line(summary, cfg.output.path))
     return 0

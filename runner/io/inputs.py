@@ -6,6 +6,7 @@ input; resume matches committed output rows by these ids.
 
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import os
@@ -21,7 +22,8 @@ import pyarrow.parquet as pq
 from runner.config import DataConfig
 from runner.errors import InputError
 from runner.extra_outputs import OPTIONAL_COLUMNS
-from runner.io.outputs import OUTPUT_COLUMNS
+from runner.io.outputs import INPUT_ERROR, OUTPUT_COLUMNS
+from runner.io.rows import jsonl_rows
 from runner.prompts import template_variables
 
 EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -163,7 +165,7 @@ def _read_file(path: str, fmt: str) -> pa.Table:
         if fmt in ("json", "jsonl"):
             return _read_json(path)
         if fmt == "csv":
-            return pyarrow.csv.read_csv(path)
+            return _read_csv(path)
         if fmt == "parquet":
             return pq.read_table(path)
     except (pa.ArrowException, OSError, ValueError) as err:
@@ -176,7 +178,12 @@ def _read_json(path: str) -> pa.Table:
     with open(path, encoding="utf-8") as handle:
         head = handle.read(4096).lstrip()
         if not head.startswith("["):
-            return pyarrow.json.read_json(path)
+            try:
+                return pyarrow.json.read_json(path)
+            except pa.ArrowInvalid:
+                # A malformed line or a column whose type changes: read it row by row instead,
+                # so each bad line becomes that row's error row rather than a failed job.
+                return read_jsonl_rows(path)
         handle.seek(0)
         rows = json.load(handle)
     if not all(isinstance(row, dict) for row in rows):
@@ -184,6 +191,21 @@ def _read_json(path: str) -> pa.Table:
     # from_pylist would keep only the first row's keys; a key missing from a row becomes null.
     keys = dict.fromkeys(key for row in rows for key in row)
     return pa.Table.from_pydict({key: [row.get(key) for row in rows] for key in keys})
+
+
+def _read_csv(path: str) -> pa.Table:
+    # CSV is text: every column is read as a string, so ids like `007` or `NA` stay what they say
+    # (inference would make them 7 and null). A per-row max_new_tokens column accepts digit strings.
+    with open(path, encoding="utf-8", newline="") as handle:
+        header = next(csv.reader(handle), [])
+    types = {name: pa.string() for name in header}
+    return pyarrow.csv.read_csv(path, convert_options=pyarrow.csv.ConvertOptions(column_types=types))
+
+
+def read_jsonl_rows(path: str) -> pa.Table:
+    """JSON Lines parsed line by line (see `jsonl_rows`)."""
+    with open(path, "rb") as handle:
+        return jsonl_rows(handle, os.path.basename(path))
 
 
 def _read_saved(source: str, split: str) -> pa.Table:
@@ -231,7 +253,16 @@ def _with_ids(table: pa.Table, id_column: str | None) -> pa.Table:
         raise InputError(f"data.id_column: column '{id_column}' not in input (columns: {listed})")
     if id_column != "id" and "id" in table.column_names:
         raise InputError("data.id_column: input also has a column 'id'; rename it or use data.id_column: id")
-    ids = _checked_ids(table.column(id_column), id_column)
+    column = table.column(id_column)
+    if INPUT_ERROR in table.column_names:
+        # A line that could not be parsed has no id of its own: name it by its position instead.
+        unnamed = pc.and_(pc.is_null(column), pc.is_valid(table.column(INPUT_ERROR)))
+        column = pc.if_else(
+            unnamed,
+            pc.binary_join_element_wise("input-error-row-", position_ids(len(column)), ""),
+            column.cast(pa.string()),
+        )
+    ids = _checked_ids(column, id_column)
     return table.drop_columns([id_column]).add_column(0, "id", ids)
 
 

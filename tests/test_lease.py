@@ -1,0 +1,155 @@
+"""One writer per output directory: the lease, unique temp names, no-replace commits, timed flushes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from runner.errors import OutputError
+from runner.io import outputs
+from runner.io.lease import LEASE_NAME, Lease, LeaseLost
+from tests.conftest import PROMPTS, write_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def lease(path: Path, **kw) -> Lease:
+    return Lease(pafs.LocalFileSystem(), str(path), **kw)
+
+
+def result_table(start: int, count: int) -> pa.Table:
+    ids = [f"{i:08d}" for i in range(start, start + count)]
+    return pa.table({"id": ids, "generation": [f"g{i}" for i in range(count)], "error": [None] * count})
+
+
+def test_a_second_lease_is_refused_naming_the_holder_and_released_leases_are_free(tmp_path):
+    first = lease(tmp_path / "out").acquire()
+    held = json.loads((tmp_path / "out" / LEASE_NAME).read_text())
+    assert {"host", "pid", "started", "heartbeat", "token"} <= set(held)
+    with pytest.raises(OutputError, match=rf"is in use by another run \(host .+ pid {os.getpid()}, started"):
+        lease(tmp_path / "out").acquire()
+    first.release()
+    assert not (tmp_path / "out" / LEASE_NAME).exists()
+    lease(tmp_path / "out").acquire().release()
+
+
+HOLD = """
+import sys, time, pyarrow.fs as pafs
+from runner.io.lease import Lease
+Lease(pafs.LocalFileSystem(), sys.argv[1], timeout_s=3, heartbeat_s=0.2).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_lease_of_a_killed_driver_is_taken_over_and_the_takeover_logged(tmp_path, caplog):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, env=env)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        with pytest.raises(OutputError, match=f"pid {holder.pid}"):  # alive and beating: refused
+            lease(out, timeout_s=3).acquire()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        # Same host, process gone: no need to wait out the heartbeat timeout.
+        with caplog.at_level(logging.WARNING, logger="runner.io.lease"):
+            mine = lease(out, timeout_s=60).acquire()
+        assert f"pid {holder.pid}" in caplog.text and "took over" in caplog.text
+        assert json.loads((out / LEASE_NAME).read_text())["pid"] == os.getpid()
+        mine.release()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lease_from_another_host_is_taken_over_only_after_its_heartbeat_timeout(tmp_path, caplog):
+    out = tmp_path / "out"
+    out.mkdir()
+    now = time.time()
+    other = {"host": "gpu-node-7", "pid": 4242, "started": now - 100, "token": "abc"}
+    (out / LEASE_NAME).write_text(json.dumps({**other, "heartbeat": now - 1}))
+    with pytest.raises(OutputError, match="host gpu-node-7 pid 4242"):
+        lease(out, timeout_s=30).acquire()
+    (out / LEASE_NAME).write_text(json.dumps({**other, "heartbeat": now - 31}))  # a lost node
+    with caplog.at_level(logging.WARNING, logger="runner.io.lease"):
+        lease(out, timeout_s=30).acquire().release()
+    assert "took over the lease" in caplog.text and "gpu-node-7" in caplog.text
+
+
+def test_a_driver_whose_lease_was_taken_over_stops_committing(tmp_path):
+    out = tmp_path / "out"
+    frozen = lease(out, timeout_s=3, heartbeat_s=0.2).acquire()
+    frozen._stop.set()  # as a driver frozen past the timeout: no more heartbeats
+    frozen._thread.join()
+    time.sleep(3.2)
+    new = lease(out, timeout_s=3).acquire()
+    frozen._beat_once()
+    writer = outputs.PartWriter(str(out), 2, before_commit=frozen.check)
+    with pytest.raises(LeaseLost, match="taken over"):
+        writer.write(result_table(0, 2))
+    assert not outputs.has_parts(str(out))
+    new.release()
+
+
+def test_commits_never_replace_a_part_and_temp_names_are_unique(tmp_path):
+    out = str(tmp_path)
+    a, b = outputs.PartWriter(out, 2), outputs.PartWriter(out, 2)  # both start at part-00000
+    a.write(result_table(0, 2))
+    b.write(result_table(2, 2))
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["part-00000.parquet", "part-00001.parquet"]
+    ids = sorted(outputs.committed_ids(out))
+    assert ids == [f"{i:08d}" for i in range(4)]
+    assert outputs.distinct_id_count(out) == 4
+
+
+def test_buffered_rows_are_committed_after_flush_seconds_not_rows_per_file(tmp_path):
+    writer = outputs.PartWriter(str(tmp_path), 1000, flush_seconds=0.3)
+    writer.write(result_table(0, 3))
+    writer.flush_due()
+    assert not outputs.has_parts(str(tmp_path))  # younger than flush_seconds
+    time.sleep(0.35)
+    writer.flush_due()  # what the job's timer thread calls while it waits for the next batch
+    assert pq.read_table(tmp_path / "part-00000.parquet").num_rows == 3
+    writer.write(result_table(3, 2))
+    time.sleep(0.35)
+    writer.write(result_table(5, 1))  # a write checks the age too
+    assert sorted(os.listdir(tmp_path)) == ["part-00000.parquet", "part-00001.parquet"]
+
+
+def test_two_real_drivers_on_one_directory_one_runs_the_other_exits_2(tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"{PROMPTS[i % 4]} {i}"} for i in range(16)])
+    config = {
+        "model": {"path": "demo:tiny-llama", "dtype": "float32"},
+        "data": {"source": str(source)},
+        "sampling": {"max_new_tokens": 4},
+        "placement": {"replicas": 1},
+        "output": {"path": str(tmp_path / "out"), "rows_per_file": 4},
+        "ray": {"num_cpus": 2, "num_gpus": 0},
+    }
+    (tmp_path / "job.yaml").write_text(json.dumps(config))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "runner", "run", str(tmp_path / "job.yaml")]
+    drivers = [subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(d.wait(timeout=240), d.stderr.read()) for d in drivers]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "error: output.path:" in refused and "is in use by another run (host" in refused
+    table = pq.read_table(tmp_path / "out", columns=["id"])
+    assert table.num_rows == 16 and len(set(table.column("id").to_pylist())) == 16
+    summary = json.loads((tmp_path / "out" / "_job.json").read_text())
+    assert summary["output_ids_distinct"] == 16 and summary["status"] == "done"
+    assert not (tmp_path / "out" / LEASE_NAME).exists()
