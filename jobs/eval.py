@@ -27,10 +27,17 @@ def run(
 
     `record(document)` (a suite's history) is called once the metrics are written, before
     `--max-error-rate` is checked: a run that fails it is still on record."""
-    job = Job(cfg, stage=EvalStage, read=read_tasks, summary_extra=lambda _dir: {"kind": "eval"})
+    written: dict = {}
+
+    def write(summary: dict) -> None:  # under the output's lease: no other driver writes meanwhile
+        written["document"] = metrics_document(cfg, cfg.output.path, summary, model_revision(cfg.model))
+        write_metrics(cfg.output.path, written["document"])
+
+    job = Job(
+        cfg, stage=EvalStage, read=read_tasks, summary_extra=lambda _dir: {"kind": "eval"}, on_done=write
+    )
     summary = job.run(overwrite=overwrite)
-    document = metrics_document(cfg, cfg.output.path, summary, model_revision(cfg.model))
-    write_metrics(cfg.output.path, document)
+    document = written["document"]
     if record is not None:
         record(document)
     check_error_rate(summary, max_error_rate)

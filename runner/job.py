@@ -74,7 +74,8 @@ class Job:
     `read(cfg)` returns the input rows: a table whose first column is `id`, or a `StreamedInput`
     (the default: `runner.io.stream.open_input(cfg.data)`, read by Ray Data on the workers, so the
     driver's memory does not grow with the input). `stage` is the Ray Data UDF class the replicas
-    run (constructed with `cfg=`); `summary_extra(job_dir)` adds a kind's own summary fields.
+    run (constructed with `cfg=`); `summary_extra(job_dir)` adds a kind's own summary fields;
+    `on_done(summary)` writes a kind's own files once the rows are done, while the lease is still held.
     """
 
     def __init__(
@@ -83,8 +84,10 @@ class Job:
         stage: type | None = None,
         read: Callable[[JobConfig], pa.Table | StreamedInput] | None = None,
         summary_extra: Callable[[JobDir], dict] | None = None,
+        on_done: Callable[[dict], None] | None = None,
     ):
         self.cfg = cfg
+        self.on_done = on_done
         self.stage = stage
         self.read = read or (lambda c: open_input(c.data))
         self.summary_extra = summary_extra or (lambda _dir: {})
@@ -142,6 +145,9 @@ class Job:
                 )
                 stats = JobStats(rows_skipped=skipped, rows_retried=retried)
                 summary = self._stream(pool, todo, stats, signals)
+                if self.on_done is not None:  # still under the lease: a kind's own files (eval's metrics)
+                    with signals.hold():
+                        self.on_done(summary)
         check_error_rate(summary, max_error_rate)
         return summary
 

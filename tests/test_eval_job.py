@@ -131,6 +131,8 @@ def eval_sets(tmp_path_factory, greedy, mc_oracle) -> dict:
     ]
     mc_rows.append({"qid": "m-bad", "question": "Hello", "choices": ["a", "b"], "label": 5})
     mc = write_jsonl(folder / "mc.jsonl", mc_rows)
+    with open(mc, "a") as f:  # a line the reader cannot parse: an error row of its own, not a failed job
+        f.write('{"qid": "m-broken", "question": \n')
     mc_task = task("mc", mc, scorer="multiple_choice", choices_column="choices", target_column="label")
     mc_task["data"]["prompt"] = {"template": "{{ question }}"}
     tasks = [
@@ -205,7 +207,10 @@ def test_multiple_choice_equals_the_unbatched_oracle(first_run, mc_oracle):
     assert document["tasks"]["mc"]["acc"] == 0.5
     expected_norm = sum(o["acc_norm"] for o in mc_oracle) / len(mc_oracle)
     assert document["tasks"]["mc"]["acc_norm"] == pytest.approx(expected_norm)
-    assert "outside the 2 choices" in rows["mc/m-bad"]["error"] and document["tasks"]["mc"]["errors"] == 1
+    assert "outside the 2 choices" in rows["mc/m-bad"]["error"] and rows["mc/m-bad"]["error_kind"] == "row"
+    broken = rows["mc/input-error-row-00000007"]
+    assert "line 8: not a JSON object" in broken["error"] and broken["error_kind"] == "row"
+    assert document["tasks"]["mc"]["errors"] == 2
 
 
 def test_output_is_per_row_parquet_readable_as_a_directory(first_run):
@@ -213,7 +218,7 @@ def test_output_is_per_row_parquet_readable_as_a_directory(first_run):
 
     out, _ = first_run
     frame = pd.read_parquet(out)  # _job.json and _metrics.json are skipped by the reader
-    assert len(frame) == 5 * 9 + 7 and frame["id"].is_unique
+    assert len(frame) == 5 * 9 + 8 and frame["id"].is_unique
     em = frame[frame.task == "em"].set_index("id")
     assert em.loc["em/q0", "exact_match"] == 1.0 and em.loc["em/q1", "exact_match"] == 0.0
     assert em.loc["em/bad", "error"] == "scorer exact_match: ValueError: column 'answer' is null"
@@ -235,7 +240,7 @@ def test_a_killed_run_resumes_and_ends_with_the_same_metrics(first_run, eval_set
     again = run(config(eval_sets["tree"], copy))
     summary = json.loads((copy / "_job.json").read_text())
     assert summary["rows_ok"] + summary["rows_error"] == lost
-    assert summary["rows_skipped_already_done"] == 5 * 9 + 7 - lost
+    assert summary["rows_skipped_already_done"] == 5 * 9 + 8 - lost
     assert again["tasks"] == document["tasks"]
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from runner.config import JobConfig
+from runner.io.outputs import INPUT_ERROR
 from runner.prompts import PromptBuilder, RowError
 from runner.scoring import multiple_choice as mc
 from runner.scoring.config import EvalConfig, TaskConfig
@@ -39,6 +40,7 @@ def output_schema(cfg: EvalConfig) -> pa.Schema:
         ("generated_tokens", pa.int64()),
         ("finish_reason", pa.string()),
         ("error", pa.string()),
+        ("error_kind", pa.string()),  # as generate's: row (its own fault) or engine (retryable)
         ("replica", pa.string()),
     ]
     return pa.schema(fields + [(m, pa.float64()) for m in cfg.metric_columns()])
@@ -76,6 +78,7 @@ class GenerationTask:
                     result[self.metric] = float(self.scorer(row, result["generation"]))
                 except Exception as err:  # noqa: BLE001 - a scorer failing on one row makes one error row
                     result["error"] = f"scorer {self.task.scoring.scorer}: {type(err).__name__}: {err}"
+                    result["error_kind"] = "row"
         return out
 
 
@@ -96,6 +99,8 @@ class ChoiceTask:
         return [self._output(row, q, results) for row, q in zip(rows, built, strict=True)]
 
     def _question(self, row: dict) -> mc.Question | RowError:
+        if row.get(INPUT_ERROR) is not None:  # the reader could not read this row as data
+            return RowError(row[INPUT_ERROR])
         context = self.prompts.build(row)
         if isinstance(context, RowError):
             return context
@@ -118,7 +123,7 @@ class ChoiceTask:
             "prompt_tokens": 0,
         }
         if isinstance(q, RowError):
-            return {**out, "error": q.reason, "finish_reason": "error"}
+            return {**out, "error": q.reason, "error_kind": "row", "finish_reason": "error"}
         scored = [results[r.id] for r in q.requests]
         failed = next((s.error for s in scored if s.error), None)
         if failed:
