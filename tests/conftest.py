@@ -29,6 +29,22 @@ def tiny_model(runner_cache) -> str:
     return resolve_demo("demo:tiny-llama")
 
 
+@pytest.fixture(scope="module")
+def ray_cpu():
+    """A fresh local Ray (2 CPUs, no GPU) on loopback for one test module."""
+    ray = pytest.importorskip("ray")
+    ray.init(
+        address="local",  # a fresh instance, never another session's cluster on this machine
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        configure_logging=False,
+    )
+    yield ray
+    ray.shutdown()
+
+
 PROMPTS = [
     "Hello",
     "Write a short poem about the sea and the sky and everything in between. " * 6,

@@ -23,21 +23,6 @@ from tests.conftest import PROMPTS, write_jsonl
 QUESTIONS = [p[:40] for p in PROMPTS[:4]]
 
 
-@pytest.fixture(scope="module")
-def ray_cpu():
-    ray = pytest.importorskip("ray")
-    ray.init(
-        address="local",
-        num_cpus=2,
-        num_gpus=0,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        configure_logging=False,
-    )
-    yield ray
-    ray.shutdown()
-
-
 def tree(source, **extra) -> dict:
     return {
         "model": {"path": "demo:tiny-llama", "dtype": "float32"},

@@ -33,21 +33,6 @@ MC = [
 
 
 @pytest.fixture(scope="module")
-def ray_cpu():
-    ray = pytest.importorskip("ray")
-    ray.init(
-        address="local",  # a fresh instance, never another session's cluster on this machine
-        num_cpus=2,
-        num_gpus=0,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        configure_logging=False,
-    )
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def greedy(tmp_path_factory) -> list[str]:
     """The model's greedy answer to each question, from the generate stage in this process."""
     source = write_jsonl(tmp_path_factory.mktemp("q") / "q.jsonl", [{"question": q} for q in QUESTIONS])

@@ -14,21 +14,6 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "crosscheck_lm_eval.py"
 
 
-@pytest.fixture(scope="module")
-def ray_cpu():
-    ray = pytest.importorskip("ray")
-    ray.init(
-        address="local",
-        num_cpus=2,
-        num_gpus=0,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        configure_logging=False,
-    )
-    yield ray
-    ray.shutdown()
-
-
 def test_runner_eval_agrees_with_lm_eval(ray_cpu, tmp_path, monkeypatch):
     pytest.importorskip("lm_eval")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -28,15 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runner", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS.values():
-        module.add_parser(sub)
-    for command in sub.choices.values():  # every command, whoever registered it, shares --verbose
-        # argparse's private option table: the only way to ask whether a command already defines it.
-        if "--verbose" not in command._option_string_actions:
-            command.add_argument(
-                "--verbose",
-                action="store_true",
-                help="also show Ray's and libraries' logs (always in the log file)",
-            )
+        module.add_parser(sub)  # each adds runner.cli.options.add_common: --verbose, --debug
     return parser
 
 

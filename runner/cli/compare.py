@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from runner.cli.eval import add_gate_arguments
+from runner.cli import options
 
 
 def add_parser(sub) -> None:
@@ -13,8 +13,8 @@ def add_parser(sub) -> None:
     p.add_argument("base", nargs="?", help="base run directory")
     p.add_argument("new", nargs="?", help="new run directory")
     p.add_argument("--suite", metavar="DIR", help="compare the suite's latest run with the run before it")
-    add_gate_arguments(p)
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    options.add_gate_arguments(p)
+    options.add_common(p)
 
 
 def execute(args: argparse.Namespace) -> int:

@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from runner.cli.run import _fraction
+from runner.cli import options
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="run an evaluation job and score it")
     p.add_argument("config", help="eval config (YAML): a generate config plus scoring, or tasks")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a value",
-    )
-    p.add_argument("--output", help="output directory (same as --set output.path=DIR); not with --suite")
-    p.add_argument("--overwrite", action="store_true", help="replace the runner's own files in the output")
-    p.add_argument("--max-error-rate", type=_fraction, default=None, metavar="F", help="as in runner run")
     p.add_argument("--suite", metavar="DIR", help="record the run in a suite: DIR/runs/NAME, latest, history")
     p.add_argument(
         "--run-name",
@@ -29,26 +18,8 @@ def add_parser(sub) -> None:
         help="suite run name; {utc}, {model}, {config_hash} are filled in (default: {utc:%%Y%%m%%dT%%H%%M%%SZ})",
     )
     p.add_argument("--baseline", metavar="RUN", help="compare with this run directory and apply the gates")
-    add_gate_arguments(p)
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-
-
-def add_gate_arguments(p: argparse.ArgumentParser) -> None:
-    """--max-drop / --fail-below, shared by `runner eval` and `runner compare`."""
-    p.add_argument(
-        "--max-drop",
-        action="append",
-        default=[],
-        metavar="[TASK/]METRIC=X",
-        help="fail (exit 1) when the metric fell by more than X from the baseline",
-    )
-    p.add_argument(
-        "--fail-below",
-        action="append",
-        default=[],
-        metavar="[TASK/]METRIC=X",
-        help="fail (exit 1) when the metric is below X",
-    )
+    options.add_gate_arguments(p)
+    options.add_job_options(p, output_help="; not with --suite")
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -63,8 +34,7 @@ def execute(args: argparse.Namespace) -> int:
     gates = compare.parse_gates(args.max_drop, args.fail_below)
     if args.max_drop and not (args.baseline or args.suite):
         raise ConfigError("--max-drop: needs a baseline (--baseline RUN, or --suite DIR for its latest run)")
-    overrides = list(args.overrides) + ([f"output.path={args.output}"] if args.output else [])
-    cfg = load_config(args.config, overrides, kind=EvalConfig)
+    cfg = load_config(args.config, options.overrides(args), kind=EvalConfig)
     # A gate on a metric no task reports is a typo: say so now, not after the whole eval has run.
     compare.check_gates(gates, [(t.name, m) for t in cfg.task_list() for m in t.scoring.metrics])
     book = suite.Suite(args.suite) if args.suite else None

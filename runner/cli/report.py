@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from runner.cli import options
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="write a static HTML report of an eval suite's runs")
     p.add_argument("suite", help="suite directory (written by runner eval --suite)")
     p.add_argument("-o", "--output", default="report.html", help="HTML file to write (default report.html)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    options.add_common(p)
 
 
 def execute(args: argparse.Namespace) -> int:
