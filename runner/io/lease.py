@@ -198,7 +198,7 @@ class Lease:
             current = self.read()
             if current is not None and stale is not None and current.token != stale.token:
                 raise OutputError(
-                    f"output.path: {self.root} was just taken by another run "
+                    f"output.path: {self.root} is in use by another run, which took it just now "
                     f"({current.describe(time.time())})"
                 )
             self._replace()

@@ -29,6 +29,7 @@ RESERVED_COLUMNS = (
     "generated_tokens",
     "finish_reason",
     "error",
+    "error_kind",
     "replica",
 )
 
