@@ -13,24 +13,22 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from runner.config import RESULT_SECTIONS, DataConfig, JobConfig, _Strict
+from runner.io.outputs import OUTPUT_COLUMNS
 
 MULTIPLE_CHOICE = "multiple_choice"
 GENERATION_SCORERS = ("exact_match", "regex", "contains", "choice_letter", "f1", "numeric")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-# The eval output's own columns (runner.scoring.stage.output_schema); metric columns come after them.
+# The eval output's own columns (runner.scoring.stage.output_schema): generate's output columns, with
+# the task after `id` and the target and the choices' log-likelihoods after `generation`, so a column
+# generate adds (error_kind) is an eval column too. Metric columns come after them.
+_GENERATED = OUTPUT_COLUMNS.index("generation") + 1
 RESERVED_COLUMNS = (
     "id",
     "task",
-    "prompt",
-    "generation",
+    *OUTPUT_COLUMNS[1:_GENERATED],
     "target",
     "choice_logprobs",
-    "prompt_tokens",
-    "generated_tokens",
-    "finish_reason",
-    "error",
-    "error_kind",
-    "replica",
+    *OUTPUT_COLUMNS[_GENERATED:],
 )
 
 

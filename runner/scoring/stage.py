@@ -19,30 +19,21 @@ from runner.config import JobConfig
 from runner.io.outputs import INPUT_ERROR
 from runner.prompts import PromptBuilder, RowError
 from runner.scoring import multiple_choice as mc
-from runner.scoring.config import EvalConfig, TaskConfig
+from runner.scoring.config import RESERVED_COLUMNS, EvalConfig, TaskConfig
 from runner.scoring.scorers import resolve
-from runner.stage import GenerationStage, replica_label, set_cpu_threads
+from runner.stage import GenerationStage, replica_label, result_schema, set_cpu_threads
 
 if TYPE_CHECKING:
     from runner.engine import Engine
 
 
 def output_schema(cfg: EvalConfig) -> pa.Schema:
-    """The eval output's columns: generate's, the task, target, choices' log-likelihoods, a column per metric."""
-    fields = [
-        ("id", pa.string()),
-        ("task", pa.string()),
-        ("prompt", pa.string()),
-        ("generation", pa.string()),
-        ("target", pa.string()),
-        ("choice_logprobs", pa.list_(pa.float64())),
-        ("prompt_tokens", pa.int64()),
-        ("generated_tokens", pa.int64()),
-        ("finish_reason", pa.string()),
-        ("error", pa.string()),
-        ("error_kind", pa.string()),  # as generate's: row (its own fault) or engine (retryable)
-        ("replica", pa.string()),
-    ]
+    """The eval output's columns (RESERVED_COLUMNS, typed as generate's where they are generate's), then
+    a column per metric."""
+    types = {f.name: f.type for f in result_schema(1)}  # an eval row holds one generation
+    types |= {"id": pa.string(), "task": pa.string(), "target": pa.string()}
+    types["choice_logprobs"] = pa.list_(pa.float64())
+    fields = [(name, types[name]) for name in RESERVED_COLUMNS]
     return pa.schema(fields + [(m, pa.float64()) for m in cfg.metric_columns()])
 
 
