@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from runner import errors, logs
 from runner.config import JobConfig, PlacementConfig, RayConfig, RetryConfig
-from runner.errors import ConfigError, ReplicaFailed, RunnerError, root_cause
+from runner.errors import ConfigError, ReplicaFailed, RunnerError, first_line, root_cause
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def results(table, cfg: JobConfig, pool: Pool, stage: type | None = None) -> Ite
         raised = replica_error(str(err))
         if raised is not None:
             raise raised from err
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err, type(err).__name__)
         retries = cfg.retries
         raise ReplicaFailed(
             f"retries: a replica kept dying (replica_restarts={retries.replica_restarts}, "

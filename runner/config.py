@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from runner.errors import ConfigError
+from runner.errors import ConfigError, first_line
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
 
@@ -440,7 +440,7 @@ def load_config(
         try:
             tree = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+            raise ConfigError(f"{path}: not valid YAML ({first_line(err)})") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
     return build_config(apply_overrides(tree, overrides or []), kind)

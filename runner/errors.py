@@ -35,6 +35,13 @@ class ReplicaFailed(JobFailed):
     """A replica kept dying (crash, OOM kill, lost node) after its restarts were used up."""
 
 
+def first_line(err: BaseException, default: str = "") -> str:
+    """The first line of an exception's message, `default` when it has none: every error we report is
+    one line, whatever a library raised."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else default
+
+
 def root_cause(err: BaseException | None) -> RunnerError | None:
     """The RunnerError behind Ray's wrappers (RayTaskError keeps it as .cause / __cause__), if any."""
     seen = set()

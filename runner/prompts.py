@@ -17,7 +17,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from runner import chat
 from runner.config import PromptConfig
-from runner.errors import ConfigError
+from runner.errors import ConfigError, first_line
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,9 @@ class PromptBuilder:
             if not self.cfg.messages_column:
                 text = chat.finish(text, self.cfg, self.tokenizer)  # data.prompt.chat / assistant_prefix
         except SecurityError as err:
-            return RowError(f"data.prompt.template: refused by the sandbox: {_first_line(err)}")
+            return RowError(f"data.prompt.template: refused by the sandbox: {first_line(err)}")
         except Exception as err:  # noqa: BLE001 - whatever a template or tokenizer raises is this row's error
-            return RowError(f"prompt: {type(err).__name__}: {_first_line(err)}")
+            return RowError(f"prompt: {type(err).__name__}: {first_line(err)}")
         return _check_text(text, self.cfg)
 
     def _from_template(self, row: dict) -> str:
@@ -74,10 +74,6 @@ class PromptBuilder:
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise ValueError("each message needs 'role' and 'content'")
         return chat.render(messages, self.cfg, self.tokenizer)
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).splitlines()[0] if str(err).strip() else ""
 
 
 def check_template_safe(template: str) -> None:

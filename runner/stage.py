@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from runner.config import JobConfig
 from runner.engine import Completion, Request
-from runner.errors import ConfigError
+from runner.errors import ConfigError, first_line
 from runner.extra_outputs import ExtraColumns
 from runner.io.outputs import INPUT_ERROR, OUTPUT_COLUMNS
 from runner.prompts import PromptBuilder, RowError
@@ -169,7 +169,7 @@ class GenerationStage:
             return
         except Exception as err:  # noqa: BLE001 - any failure of one row must not fail its batch
             if len(requests) == 1:
-                reason = f"engine: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                reason = f"engine: {type(err).__name__}: {first_line(err)}"
                 log.warning("row %s fails on its own: %s", requests[0].id, reason)
                 done[requests[0].id] = Completion.failed(requests[0].id, reason)
                 isolated.add(requests[0].id)
@@ -189,8 +189,7 @@ class GenerationStage:
         try:
             return self._prepare(row)
         except Exception as err:  # noqa: BLE001 - a tokenizer or value surprise is this row's error
-            first = str(err).splitlines()[0] if str(err).strip() else ""
-            return _Row(id=row["id"], error=f"prepare: {type(err).__name__}: {first}")
+            return _Row(id=row["id"], error=f"prepare: {type(err).__name__}: {first_line(err)}")
 
     def _prepare(self, row: dict) -> _Row:
         out = _Row(id=row["id"])

@@ -13,7 +13,7 @@ from runner.cli import compare as compare_command
 from runner.cli import eval as eval_command
 from runner.cli import report as report_command
 from runner.cli import run as run_command
-from runner.errors import root_cause
+from runner.errors import first_line, root_cause
 from runner.signals import Interrupted
 
 COMMANDS = {
@@ -50,6 +50,6 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc(file=logs.terminal())
             raise
         cause = root_cause(err) or err
-        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        message = first_line(cause, type(cause).__name__)
         print(f"error: {message}", file=logs.terminal())
         return getattr(cause, "exit_code", 1)

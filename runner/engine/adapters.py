@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from runner.config import ModelConfig
-from runner.errors import ConfigError
+from runner.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +38,13 @@ def apply(model, cfg: ModelConfig):
         try:
             merged = PeftModel.from_pretrained(model, _resolve(cfg.adapter)).merge_and_unload()
         except (OSError, ValueError) as err:
-            raise ConfigError(
-                f"model.adapter: cannot load {cfg.adapter!r}: {str(err).splitlines()[0]}"
-            ) from None
+            raise ConfigError(f"model.adapter: cannot load {cfg.adapter!r}: {first_line(err)}") from None
         return merged.eval()
     for name, path in (cfg.adapters or {}).items():
         try:
             model.load_adapter(_resolve(path), adapter_name=name)
         except (OSError, ValueError) as err:
-            raise ConfigError(
-                f"model.adapters.{name}: cannot load {path!r}: {str(err).splitlines()[0]}"
-            ) from None
+            raise ConfigError(f"model.adapters.{name}: cannot load {path!r}: {first_line(err)}") from None
     return model.eval()
 
 

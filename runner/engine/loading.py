@@ -15,7 +15,7 @@ import torch
 
 from runner.config import ModelConfig, PlacementConfig, QuantizationConfig
 from runner.demo_model import is_demo, resolve_demo
-from runner.errors import ConfigError
+from runner.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def model_class(model: ModelConfig):
             path, revision=model.revision, trust_remote_code=model.trust_remote_code
         )
     except (OSError, ValueError) as err:
-        raise ConfigError(f"model.path: cannot load {model.path!r}: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"model.path: cannot load {model.path!r}: {first_line(err)}") from None
     remote = (getattr(config, "auto_map", None) or {}).get("AutoModelForCausalLM")
     if remote and model.trust_remote_code:
         return get_class_from_dynamic_module(remote, path, revision=model.revision)
@@ -234,5 +234,5 @@ def load_model(model: ModelConfig, placement: PlacementConfig, devices: Devices 
     try:
         loaded = AutoModelForCausalLM.from_pretrained(resolve_path(model.path), **kwargs)
     except OSError as err:
-        raise ConfigError(f"model.path: cannot load {model.path!r}: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"model.path: cannot load {model.path!r}: {first_line(err)}") from None
     return loaded.eval()

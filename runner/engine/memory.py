@@ -18,6 +18,7 @@ import torch
 
 from runner.config import BatchingConfig
 from runner.engine.types import Completion, Request
+from runner.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def split_on_oom(
         return run(requests)
     except torch.OutOfMemoryError as err:
         # Keep only the message: the traceback holds the failed batch's tensors alive.
-        failure = str(err).splitlines()[0] if str(err) else "out of memory"
+        failure = first_line(err, "out of memory")
     release_memory()
     if len(requests) == 1:
         log.error("request %s does not fit in memory even alone: %s", requests[0].id, failure)

@@ -13,7 +13,7 @@ import logging
 
 from runner.engine.architecture import REFUSALS, Architecture, exact_strategies
 from runner.engine.types import Request
-from runner.errors import ConfigError
+from runner.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -74,5 +74,5 @@ def probe_failure(generator, tokenizer) -> str | None:
     try:
         done = generator.generate(requests)
     except Exception as err:  # noqa: BLE001 - any failure here would fail every row of the job
-        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        return f"{type(err).__name__}: {first_line(err)}"
     return next((c.error for c in done if c.error), None)

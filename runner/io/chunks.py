@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.json
 import pyarrow.parquet as pq
 
-from runner.errors import InputError
+from runner.errors import InputError, first_line
 from runner.io import inputs
 from runner.io.outputs import INPUT_ERROR
 from runner.io.rows import jsonl_rows
@@ -48,7 +48,9 @@ def _resolve_uri(source: str, fmt: str) -> tuple[str, pafs.FileSystem, list[str]
         fs, root = pafs.FileSystem.from_uri(source)
         info = fs.get_file_info(root)
     except (pa.ArrowInvalid, OSError) as err:
-        raise InputError(f"data.source: cannot open {source}: {inputs._first_line(err)}") from None
+        raise InputError(
+            f"data.source: cannot open {source}: {first_line(err, type(err).__name__)}"
+        ) from None
     if info.type == pafs.FileType.File:
         files = [root]
     elif info.type == pafs.FileType.Directory:
@@ -76,7 +78,9 @@ def _chunks(fs: pafs.FileSystem, files: list[str], fmt: str, limit: int | None) 
         try:
             planned = _file_chunks(fs, path, fmt, row, limit)
         except (pa.ArrowException, OSError, ValueError) as err:
-            raise InputError(f"data.source: cannot read {path} as {fmt}: {inputs._first_line(err)}") from None
+            raise InputError(
+                f"data.source: cannot read {path} as {fmt}: {first_line(err, type(err).__name__)}"
+            ) from None
         chunks += planned
         row += sum(c.rows for c in planned)
         if limit is not None and row >= limit:
@@ -182,8 +186,8 @@ def _jsonl_chunks_head(fs: pafs.FileSystem, path: str) -> pa.Table:
     return _parse_jsonl(head, os.path.basename(path), 1)
 
 
-def _parse_jsonl(data: bytes, name: str, first_line: int) -> pa.Table:
+def _parse_jsonl(data: bytes, name: str, first_number: int) -> pa.Table:
     try:
         return pyarrow.json.read_json(io.BytesIO(data))
     except pa.ArrowInvalid:  # a bad line or a type change: row by row, bad rows become error rows
-        return jsonl_rows(data.split(b"\n"), name, first_line)
+        return jsonl_rows(data.split(b"\n"), name, first_number)

@@ -20,7 +20,7 @@ import pyarrow.json
 import pyarrow.parquet as pq
 
 from runner.config import DataConfig
-from runner.errors import InputError
+from runner.errors import InputError, first_line
 from runner.extra_outputs import OPTIONAL_COLUMNS
 from runner.io.outputs import INPUT_ERROR, OUTPUT_COLUMNS
 from runner.io.rows import jsonl_rows
@@ -169,7 +169,9 @@ def _read_file(path: str, fmt: str) -> pa.Table:
         if fmt == "parquet":
             return pq.read_table(path)
     except (pa.ArrowException, OSError, ValueError) as err:
-        raise InputError(f"data.source: cannot read {path} as {fmt}: {_first_line(err)}") from None
+        raise InputError(
+            f"data.source: cannot read {path} as {fmt}: {first_line(err, type(err).__name__)}"
+        ) from None
     raise InputError(f"data.format: '{fmt}' is not a file format (use jsonl, json, csv, parquet)")
 
 
@@ -214,7 +216,9 @@ def _read_saved(source: str, split: str) -> pa.Table:
     try:
         data = datasets.load_from_disk(source)
     except (OSError, ValueError) as err:
-        raise InputError(f"data.source: cannot load saved dataset {source}: {_first_line(err)}") from None
+        raise InputError(
+            f"data.source: cannot load saved dataset {source}: {first_line(err, type(err).__name__)}"
+        ) from None
     if isinstance(data, datasets.DatasetDict):
         if split not in data:
             raise InputError(f"data.split: split '{split}' not in {source} (splits: {', '.join(data)})")
@@ -228,12 +232,10 @@ def _read_hub(source: str, split: str) -> pa.Table:
     try:
         data = datasets.load_dataset(source, split=split)
     except Exception as err:  # the hub client raises many unrelated types; all mean "cannot load"
-        raise InputError(f"data.source: cannot load hub dataset '{source}': {_first_line(err)}") from None
+        raise InputError(
+            f"data.source: cannot load hub dataset '{source}': {first_line(err, type(err).__name__)}"
+        ) from None
     return _dataset_table(data)
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def _dataset_table(data) -> pa.Table:

@@ -12,20 +12,17 @@ import json
 
 import pyarrow as pa
 
+from runner.errors import first_line
 from runner.io.outputs import INPUT_ERROR
 
 
-def _first_line(err: Exception) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
-
-
-def jsonl_rows(lines, name: str, first_line: int = 1) -> pa.Table:
+def jsonl_rows(lines, name: str, first_number: int = 1) -> pa.Table:
     """JSON Lines parsed line by line: a line that is not a JSON object, or a value whose type differs
     from the column's (the first value's kind), becomes a row with an `_input_error`, not a failure.
     Blank lines are skipped (as pyarrow's reader does), so row positions match it."""
     rows: list[dict] = []
     errors: list[str | None] = []
-    for number, raw in enumerate(lines, first_line):
+    for number, raw in enumerate(lines, first_number):
         if not raw.strip():
             continue
         try:
@@ -34,7 +31,7 @@ def jsonl_rows(lines, name: str, first_line: int = 1) -> pa.Table:
                 raise ValueError(f"a {type(row).__name__}, not an object")
         except ValueError as err:  # UnicodeDecodeError and JSONDecodeError included
             rows.append({})
-            errors.append(f"{name} line {number}: not a JSON object ({_first_line(err)})")
+            errors.append(f"{name} line {number}: not a JSON object ({first_line(err, type(err).__name__)})")
             continue
         rows.append(row)
         errors.append(None)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from runner.errors import InputError
+from runner.errors import InputError, first_line
 from runner.io import outputs
 from runner.scoring.config import EvalConfig
 
@@ -44,7 +44,7 @@ def read_rows(path: str, columns: list[str] | None = None) -> pa.Table:
     try:
         table = pq.read_table(path, columns=columns)
     except (pa.ArrowException, OSError) as err:
-        raise InputError(f"{path}: cannot read its part files ({str(err).splitlines()[0]})") from None
+        raise InputError(f"{path}: cannot read its part files ({first_line(err)})") from None
     return table
 
 
