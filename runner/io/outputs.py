@@ -181,23 +181,24 @@ def drop_rows(path: str, ids: pa.Array) -> int:
     return dropped
 
 
-def write_summary(path: str, summary: dict) -> None:
-    """Atomically write the job summary as indented JSON."""
+def write_json(path: str, name: str, document: dict) -> None:
+    """Atomically (and durably, on a local disk) write a document of the directory as indented JSON."""
     fs, root = _filesystem(path)
-    data = json.dumps(summary, indent=2, sort_keys=True, default=str).encode() + b"\n"
+    data = json.dumps(document, indent=2, sort_keys=True, default=str).encode() + b"\n"
 
     def write(temp: str) -> None:
         with fs.open_output_stream(temp) as stream:
             stream.write(data)
 
     fs.create_dir(root, recursive=True)
-    atomic_write(fs, root, SUMMARY_NAME, write)
+    atomic_write(fs, root, name, write)
 
 
-def read_summary(path: str) -> dict | None:
-    """The job summary written by `write_summary`, or None when there is none."""
+def read_json(path: str, name: str) -> dict | None:
+    """A document written by `write_json`, or None when there is none; ValueError (naming the file)
+    when it is not valid JSON."""
     fs, root = _filesystem(path)
-    file = f"{root}/{SUMMARY_NAME}"
+    file = f"{root}/{name}"
     if fs.get_file_info(file).type != pafs.FileType.File:
         return None
     with fs.open_input_stream(file) as stream:
@@ -205,7 +206,20 @@ def read_summary(path: str) -> dict | None:
     try:
         return json.loads(raw)
     except ValueError as err:
-        raise OutputError(f"output.path: {file} is not valid JSON ({err})") from None
+        raise ValueError(f"{file} is not valid JSON ({err})") from None
+
+
+def write_summary(path: str, summary: dict) -> None:
+    """Atomically write the job summary as indented JSON."""
+    write_json(path, SUMMARY_NAME, summary)
+
+
+def read_summary(path: str) -> dict | None:
+    """The job summary written by `write_summary`, or None when there is none."""
+    try:
+        return read_json(path, SUMMARY_NAME)
+    except ValueError as err:
+        raise OutputError(f"output.path: {err}") from None
 
 
 class PartWriter:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import math
 import subprocess
 from pathlib import Path
@@ -102,22 +101,19 @@ def metrics_document(cfg: EvalConfig, path: str, summary: dict, revision: str | 
 
 
 def write_metrics(path: str, document: dict) -> None:
-    """Write `_metrics.json` next to the parts (atomically: temp file then rename)."""
-    target = Path(path) / METRICS_NAME
-    temp = target.with_name(f".{METRICS_NAME}.tmp")
-    temp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-    temp.replace(target)
+    """Write `_metrics.json` next to the parts (atomically, as the job summary)."""
+    outputs.write_json(path, METRICS_NAME, document)
 
 
 def read_metrics(path: str) -> dict:
     """A run directory's `_metrics.json`; InputError when it has none."""
-    file = Path(path) / METRICS_NAME
-    if not file.is_file():
-        raise InputError(f"{path}: no {METRICS_NAME} (not a finished eval run directory)")
     try:
-        return json.loads(file.read_text())
+        document = outputs.read_json(path, METRICS_NAME)
     except ValueError as err:
-        raise InputError(f"{file}: not valid JSON ({err})") from None
+        raise InputError(str(err)) from None
+    if document is None:
+        raise InputError(f"{path}: no {METRICS_NAME} (not a finished eval run directory)")
+    return document
 
 
 def weights_hash(directory: str) -> str:
