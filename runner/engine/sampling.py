@@ -14,7 +14,7 @@ their continuous-batching versions); only the noise is ours. A row's own seed, t
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
@@ -79,16 +79,16 @@ class Params:
         return self.temperature == 0
 
 
+def job_params(sampling: SamplingConfig) -> Params:
+    """The job's sampling values (rows without their own)."""
+    return Params(sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p, sampling.seed)
+
+
 def row_params(sampling: SamplingConfig, request: Request) -> Params:
     """The job's sampling values with the row's overrides applied."""
     own = request.sampling or RowSampling()
-    return Params(
-        temperature=sampling.temperature if own.temperature is None else own.temperature,
-        top_k=sampling.top_k,
-        top_p=sampling.top_p if own.top_p is None else own.top_p,
-        min_p=sampling.min_p,
-        seed=sampling.seed if own.seed is None else own.seed,
-    )
+    overrides = {"temperature": own.temperature, "top_p": own.top_p, "seed": own.seed}
+    return replace(job_params(sampling), **{k: v for k, v in overrides.items() if v is not None})
 
 
 @lru_cache(maxsize=256)
@@ -115,8 +115,7 @@ def params_warpers(params: Params) -> tuple:
 
 def warpers(sampling: SamplingConfig) -> list:
     """transformers' temperature / top-k / top-p / min-p warpers for a sampling config (none when greedy)."""
-    job = Params(sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p, sampling.seed)
-    return list(params_warpers(job))
+    return list(params_warpers(job_params(sampling)))
 
 
 def warp(scores: torch.Tensor, params: Params) -> torch.Tensor:
@@ -137,7 +136,7 @@ class Sampler:
     def __init__(self, sampling: SamplingConfig, row_processors=None):
         self.sampling = sampling
         self.greedy = sampling.greedy
-        self.warpers = warpers(sampling)
+        self.params = job_params(sampling)
         self.row_processors = row_processors
 
     def choose(self, logits: torch.Tensor, keys: list[int]) -> torch.Tensor:
@@ -145,9 +144,7 @@ class Sampler:
         from `step_key`, one per row."""
         if self.greedy:
             return logits.argmax(dim=-1)
-        scores = logits
-        for warper in self.warpers:
-            scores = warper(None, scores)
+        scores = warp(logits, self.params)
         noise = gumbel_noise(torch.tensor(keys, device=logits.device), logits.shape[-1])
         return (scores + noise).argmax(dim=-1)
 
