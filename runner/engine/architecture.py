@@ -55,9 +55,15 @@ class Architecture:
             layer_types=tuple(layer_types(config)),
             stateful=bool(getattr(model, "_is_stateful", False)) or not _default_cache(model),
             attention_backend=bool(getattr(model, "_supports_attention_backend", False)),
-            takes_position_ids="position_ids" in inspect.signature(model.forward).parameters,
+            takes_position_ids=forward_takes(model, "position_ids"),
             rope_types=frozenset(rope_types(config)),
         )
+
+
+def forward_takes(model, argument: str) -> bool:
+    """Whether the model's forward accepts `argument`: not every architecture's takes `position_ids`
+    or `logits_to_keep` (Bloom, GPT-J, ...)."""
+    return argument in inspect.signature(model.forward).parameters
 
 
 def _default_cache(model) -> bool:

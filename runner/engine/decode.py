@@ -13,11 +13,10 @@ decode step costs about the same for 8 rows as for 64, a prefill costs what its 
 
 from __future__ import annotations
 
-from inspect import signature
-
 import torch
 import torch.nn.functional as F
 
+from runner.engine.architecture import forward_takes
 from runner.engine.batching import prefill_groups
 from runner.engine.kv_cache import SlotCache, full_cache
 from runner.engine.sampling import Sampler
@@ -44,10 +43,8 @@ class DecodeLoop:
         self.stopper = stopper
         self.pad_id = pad_id
         self.max_padding = max_padding
-        # Not every model's forward takes `logits_to_keep` (Bloom, GPT-J, ...); those compute all logits.
-        self.keep_last = (
-            {"logits_to_keep": 1} if "logits_to_keep" in signature(model.forward).parameters else {}
-        )
+        # A model whose forward takes no `logits_to_keep` computes all logits.
+        self.keep_last = {"logits_to_keep": 1} if forward_takes(model, "logits_to_keep") else {}
 
     @torch.inference_mode()
     def run(self, seqs: list[Sequence]) -> None:

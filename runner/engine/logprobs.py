@@ -14,12 +14,11 @@ forward per sample, paid only when `sampling.logprobs` or `sampling.prompt_logpr
 
 from __future__ import annotations
 
-from inspect import signature
-
 import torch
 
 from runner.config import SamplingConfig
 from runner.engine import adapters
+from runner.engine.architecture import forward_takes
 from runner.engine.types import Completion, Request, TokenLogprob
 
 CHUNK = (
@@ -57,8 +56,8 @@ def _score(model, prompt: list[int], tokens: list[int], whole: bool) -> torch.Te
     """log_softmax rows predicting each generated token (whole: each token after the first) [rows, vocab]."""
     ids = torch.tensor([prompt + tokens], device=model.device)
     keep = ids.shape[1] if whole else len(tokens) + 1
-    # Not every model's forward takes `logits_to_keep` (Bloom, GPT-J, ...): those compute all positions.
-    kwargs = {"logits_to_keep": keep} if "logits_to_keep" in signature(model.forward).parameters else {}
+    # A model whose forward takes no `logits_to_keep` computes all positions.
+    kwargs = {"logits_to_keep": keep} if forward_takes(model, "logits_to_keep") else {}
     logits = model(input_ids=ids, use_cache=False, **kwargs).logits[0, -keep:-1]
     return torch.cat([torch.log_softmax(part.float(), dim=-1) for part in logits.split(CHUNK)]).cpu()
 

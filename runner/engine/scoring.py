@@ -13,13 +13,13 @@ this module.
 
 from __future__ import annotations
 
-import inspect
 import threading
 from dataclasses import dataclass
 
 import torch
 
 from runner.config import BatchingConfig
+from runner.engine.architecture import forward_takes
 from runner.engine.memory import split_on_oom, token_budget
 from runner.engine.types import Completion
 
@@ -69,7 +69,7 @@ class LoglikelihoodScorer:
         self.batching = batching
         self.budget = token_budget(batching, model)
         self._lock = threading.Lock()  # one forward pass at a time: concurrent callers queue
-        self._keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._keep = forward_takes(model, "logits_to_keep")
 
     def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         """Every request's result, in request order; a row that does not fit even alone is an error."""
