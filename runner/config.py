@@ -153,6 +153,15 @@ class PromptConfig(_Strict):
 class DataConfig(_Strict):
     """The input dataset."""
 
+    # The fields naming a per-row generation option's column (runner.row_options).
+    OPTION_COLUMN_FIELDS: ClassVar[tuple[str, ...]] = (
+        "seed_column",
+        "temperature_column",
+        "top_p_column",
+        "json_schema_column",
+        "adapter_column",
+    )
+
     source: str = Field(..., min_length=1, description="file, directory, glob, save_to_disk dir, or hub name")
     format: Literal["auto", "jsonl", "json", "csv", "parquet", "saved", "hub"] = Field(
         "auto", description="auto = by extension / directory contents"
@@ -355,7 +364,7 @@ _LATER_OPTIONS = {
 }
 _LATER_FIELDS = {
     "model": ("adapter", "adapters"),
-    "data": ("seed_column", "temperature_column", "top_p_column", "json_schema_column", "adapter_column"),
+    "data": DataConfig.OPTION_COLUMN_FIELDS,
     "sampling": (
         "min_p",
         "repetition_penalty",

@@ -31,15 +31,6 @@ def _number(value: Any, column: str, kind: type, low: float, high: float | None,
 class RowOptions:
     """Turns a row's option columns into Request keyword arguments (or a RowError)."""
 
-    # The data fields naming per-row option columns.
-    COLUMN_FIELDS = (
-        "seed_column",
-        "temperature_column",
-        "top_p_column",
-        "json_schema_column",
-        "adapter_column",
-    )
-
     def __init__(self, cfg: JobConfig):
         from runner.engine import constraints
 

@@ -130,7 +130,7 @@ class GenerationStage:
         """Per-row option columns the engine's strategy cannot honour fail at start, not on every row."""
         if getattr(self.engine, "row_options_supported", True):
             return
-        fields = [f for f in RowOptions.COLUMN_FIELDS if getattr(cfg.data, f, None)]
+        fields = [f for f in cfg.data.OPTION_COLUMN_FIELDS if getattr(cfg.data, f)]
         if fields:
             raise ConfigError(
                 f"data.{fields[0]}: per-row options are not supported for this model, which runs with "

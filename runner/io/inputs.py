@@ -60,8 +60,7 @@ def _column_fields(cfg: DataConfig) -> list[tuple[str, str]]:
     pairs += [("data.carry_columns", name) for name in cfg.carry_columns]
     if cfg.max_new_tokens_column:
         pairs.append(("data.max_new_tokens_column", cfg.max_new_tokens_column))
-    options = ("seed_column", "temperature_column", "top_p_column", "json_schema_column", "adapter_column")
-    pairs += [(f"data.{name}", getattr(cfg, name)) for name in options if getattr(cfg, name)]
+    pairs += [(f"data.{name}", getattr(cfg, name)) for name in cfg.OPTION_COLUMN_FIELDS if getattr(cfg, name)]
     return pairs
 
 
