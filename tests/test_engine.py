@@ -15,9 +15,10 @@ import torch
 
 from runner.config import BatchingConfig, ModelConfig, SamplingConfig
 from runner.engine import Engine, Request
-from runner.engine.engine import model_devices, resolve_strategy
+from runner.engine.engine import model_devices
 from runner.engine.memory import token_budget
 from runner.engine.sampling import Sampler, gumbel_noise, row_key, step_key
+from runner.engine.strategy import choose_strategy
 from tests.conftest import PROMPTS
 
 STRATEGIES = ["padded", "continuous"]
@@ -321,12 +322,12 @@ def test_a_row_that_never_fits_becomes_an_error_row(tiny_model, strategy):
 
 def test_auto_is_continuous_on_one_gpu_and_padded_on_cpu_or_split(engine):
     assert model_devices(engine.model) == {"cpu"}
-    assert resolve_strategy("auto", {"cuda:0"}) == "continuous"
-    assert resolve_strategy("auto", {"cpu"}) == "padded"
-    assert resolve_strategy("auto", {"cuda:0", "cuda:1"}) == "padded"
-    assert resolve_strategy("continuous", {"cpu"}) == "continuous"
+    assert choose_strategy("auto", {"cuda:0"})[0] == "continuous"
+    assert choose_strategy("auto", {"cpu"})[0] == "padded"
+    assert choose_strategy("auto", {"cuda:0", "cuda:1"})[0] == "padded"
+    assert choose_strategy("continuous", {"cpu"})[0] == "continuous"
     with pytest.raises(ValueError, match="known: auto, padded, continuous"):
-        resolve_strategy("ragged", {"cpu"})
+        choose_strategy("ragged", {"cpu"})
 
 
 def test_token_budget_comes_from_config_else_the_device(engine):

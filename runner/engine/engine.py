@@ -21,7 +21,7 @@ from runner.engine.generate import GenerateGenerator, unsupported_options
 from runner.engine.loading import Devices, load_model, load_tokenizer
 from runner.engine.padded import PaddedGenerator
 from runner.engine.scoring import LoglikelihoodScorer, ScoreRequest, ScoreResult
-from runner.engine.strategy import choose_strategy, probe_failure, strategy_plan
+from runner.engine.strategy import probe_failure, strategy_plan
 from runner.engine.types import Completion, Request
 from runner.errors import ConfigError
 
@@ -35,11 +35,6 @@ def model_devices(model) -> set[str]:
     placed = getattr(model, "hf_device_map", None) or {"": model.device}
     # accelerate writes GPU placements as bare indices (0, 1); name them as torch does.
     return {f"cuda:{d}" if isinstance(d, int) else str(d) for d in placed.values()}
-
-
-def resolve_strategy(name: str, devices: set[str], arch: Architecture | None = None) -> str:
-    """The strategy `choose_strategy` picks (without its reason)."""
-    return choose_strategy(name, devices, arch)[0]
 
 
 class Engine:
