@@ -112,12 +112,17 @@ class PrefixStore:
         self.computed = 0  # prefix tokens computed for the store, over its life
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
 
-    def get(self, tokens: list[int], adapter: str | None, forward: Forward) -> KV:
-        """The prefix's (keys, values) per layer, [1, kv_heads, len(tokens), head_dim]."""
+    def longest(self, tokens: list[int], adapter: str | None) -> tuple[tuple | None, int]:
+        """The kept entry with the longest common start with `tokens` (key, length), or (None, 0)."""
         key, reuse = None, 0
         for k, entry in self._entries.items():
             if k[0] == adapter and (n := common_length(entry.tokens, tokens)) > reuse:
                 key, reuse = k, n
+        return key, reuse
+
+    def get(self, tokens: list[int], adapter: str | None, forward: Forward) -> KV:
+        """The prefix's (keys, values) per layer, [1, kv_heads, len(tokens), head_dim]."""
+        key, reuse = self.longest(tokens, adapter)
         if key is not None:
             self._entries.move_to_end(key)
         if reuse == len(tokens):
@@ -173,7 +178,7 @@ class SharedPrefill:
         """(logits of each prompt's last position, (keys, values) per layer [rows, heads, width, dim]),
         rows in `prompts` order, each prompt right-aligned at `width`."""
         parts, order = [], []
-        for group in share_groups(prompts, self.min_tokens):
+        for group in self._groups(prompts, adapter):
             rows = sorted(group.rows, key=lambda r: len(prompts[r]), reverse=True)
             shared = self._shared_kv(prompts[rows[0]], group.shared, adapter, forward)
             suffixes = [len(prompts[r]) - group.shared for r in rows]
@@ -193,6 +198,21 @@ class SharedPrefill:
             for i in range(len(parts[0][1]))
         ]
         return logits, layers
+
+    def _groups(self, prompts: list[list[int]], adapter: str | None) -> list[Group]:
+        """`share_groups`, and a row sharing nothing with the others of its batch alone takes what it
+        shares with a prefix kept from an earlier batch."""
+        groups = share_groups(prompts, self.min_tokens)
+        alone = next((g for g in groups if not g.shared), None)
+        if alone is None:
+            return groups
+        groups.remove(alone)
+        for row in list(alone.rows):
+            kept = min(self.store.longest(prompts[row], adapter)[1], len(prompts[row]) - 1)
+            if kept >= self.min_tokens:
+                alone.rows.remove(row)
+                groups.append(Group([row], kept))
+        return ([alone] if alone.rows else []) + groups
 
     def _shared_kv(self, prompt: list[int], shared: int, adapter: str | None, forward: Forward) -> KV | None:
         if not shared:
@@ -234,3 +254,24 @@ def shifted(one: torch.Tensor, shifts: list[int]) -> torch.Tensor:
 
 def _left(tensor: torch.Tensor, pad: int) -> torch.Tensor:
     return torch.nn.functional.pad(tensor, (0, 0, pad, 0)) if pad else tensor
+
+
+def last_logits(model) -> Forward:
+    """A `Forward` returning float logits of each row's last position (all logits when the model's
+    forward takes no `logits_to_keep`)."""
+    from runner.engine.architecture import forward_takes
+
+    keep = {"logits_to_keep": 1} if forward_takes(model, "logits_to_keep") else {}
+
+    def forward(ids, mask, positions, cache) -> torch.Tensor:
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            **keep,
+        )
+        return out.logits[:, -1, :].float()
+
+    return forward
