@@ -21,7 +21,7 @@ import torch
 from runner.config import BatchingConfig
 from runner.engine.architecture import forward_takes
 from runner.engine.memory import split_on_oom, token_budget
-from runner.engine.types import Completion
+from runner.engine.types import Completion, Progress
 
 
 @dataclass
@@ -71,14 +71,15 @@ class LoglikelihoodScorer:
         self._lock = threading.Lock()  # one forward pass at a time: concurrent callers queue
         self._keep = forward_takes(model, "logits_to_keep")
 
-    def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        """Every request's result, in request order; a row that does not fit even alone is an error."""
+    def score(self, requests: list[ScoreRequest], progress: Progress | None = None) -> list[ScoreResult]:
+        """Every request's result, in request order; a row that does not fit even alone is an error.
+        `progress`: counts each batch's forward (the watchdog's signal)."""
         for r in requests:
             if not r.context_ids or not r.continuation_ids:
                 raise ValueError(f"score request {r.id}: context and continuation need a token each")
         done: dict[str, ScoreResult] = {}
         for batch in plan_batches(requests, self.budget, self.batching.max_batch_size):
-            for result in split_on_oom(self._run, batch):
+            for result in split_on_oom(lambda rows: self._run(rows, progress), batch):
                 # split_on_oom reports a row that does not fit alone as a failed Completion.
                 if isinstance(result, Completion):
                     result = ScoreResult(result.id, error=result.error)
@@ -86,7 +87,7 @@ class LoglikelihoodScorer:
         return [done[r.id] for r in requests]
 
     @torch.inference_mode()
-    def _run(self, batch: list[ScoreRequest]) -> list[ScoreResult]:
+    def _run(self, batch: list[ScoreRequest], progress: Progress | None = None) -> list[ScoreResult]:
         width = max(r.length for r in batch)
         # The last position predicts nothing we need; the first needed one is the shortest context's end.
         first = min(len(r.context_ids) for r in batch) - 1
@@ -99,6 +100,8 @@ class LoglikelihoodScorer:
             # tensor would be read as negative offsets by models that only expect an int.
             kwargs = {"logits_to_keep": width - 1 - first} if self._keep else {}
             logits = self.model(input_ids=ids.to(self.model.device), use_cache=False, **kwargs).logits
+        if progress is not None:
+            progress.step()
         offset = first if self._keep else 0
         return [self._result(r, logits[i], offset) for i, r in enumerate(batch)]
 
