@@ -24,6 +24,7 @@ CHECKED = {
     "peft": ("0.21.2",),
     "ray": ("2.60.0",),
     "torch": ("2.13.0",),
+    "xgrammar": ("0.2.8", "0.2.9"),
 }
 
 
@@ -41,12 +42,15 @@ def versions_line(*packages: str) -> str:
 
 
 def _release(text: str) -> tuple[int, ...]:
+    """(5, 24, 0) of '5.24.0', '5.24.0rc1', '2.13.0+cpu': the release numbers, pre-release tags dropped."""
     parts = []
     for piece in text.split("+")[0].split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
+        digits = piece[: len(piece) - len(piece.lstrip("0123456789"))]
         if not digits:
             break
         parts.append(int(digits))
+        if digits != piece:
+            break
     return tuple(parts)
 
 
@@ -269,3 +273,26 @@ def ray_actor_table() -> dict | None:
     except Exception as err:  # noqa: BLE001 - unknown, never fatal
         log.debug("cannot read Ray's actor table: %s", err)
         return None
+
+
+# --- xgrammar ------------------------------------------------------------------------------------------
+
+# xgrammar (0.2.8, 0.2.9) writes the characters of a JSON-schema string with minLength / maxLength as
+# [^"\\\r\n], which lets raw control characters (a NUL byte token) into the string: not JSON. Its plain
+# strings exclude them, as JSON requires.
+_LENGTH_CHARS = r"[^\"\\\r\n]"
+_JSON_CHARS = r"[^\0-\x1f\"\\\r\n]"
+
+
+def json_strings_without_controls(grammar):
+    """A JSON-schema grammar whose length-bounded strings exclude control characters, as its plain
+    strings do. Why undocumented: the fix edits the grammar's EBNF text (`str(grammar)`, re-read with
+    `Grammar.from_ebnf`), whose layout xgrammar does not document; when the layout changes the text
+    no longer holds the pattern and the grammar is returned as it is (tests/test_compat.py then fails,
+    naming the version). Checked: xgrammar 0.2.8, 0.2.9."""
+    import xgrammar as xgr
+
+    text = str(grammar)
+    return (
+        xgr.Grammar.from_ebnf(text.replace(_LENGTH_CHARS, _JSON_CHARS)) if _LENGTH_CHARS in text else grammar
+    )
