@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from runner import errors, logs
+from runner import compat, errors, logs
 from runner.config import JobConfig, PlacementConfig, RayConfig, RetryConfig
 from runner.errors import ConfigError, ReplicaFailed, RunnerError, first_line, root_cause
 
@@ -127,21 +127,15 @@ class RestartCounter:
         replicas = self._replicas()
         if replicas is None:
             return None
-        return sum(info["NumRestarts"] for key, info in replicas.items() if key not in self._before)
+        return sum(info["restarts"] for key, info in replicas.items() if key not in self._before)
 
     @staticmethod
     def _replicas() -> dict | None:
-        try:
-            import ray
-            from ray._private import state
-
-            job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
-            actors = state.actors(job_id=job)
-        except Exception as err:  # noqa: BLE001 - Ray Client or a changed private API: unknown, not fatal
-            log.debug("cannot read Ray's actor table: %s", err)
+        actors = compat.ray_actor_table()
+        if actors is None:
             return None
         # Ray Data names its actor class after the UDF class (MapWorker(MapBatches(GenerationStage))).
-        return {key: info for key, info in actors.items() if "Stage" in info["ActorClassName"]}
+        return {key: info for key, info in actors.items() if "Stage" in info["class"]}
 
 
 def results(table, cfg: JobConfig, pool: Pool, stage: type | None = None) -> Iterator[pa.Table]:

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from runner.config import JobConfig
 from runner.engine import Completion, Request
+from runner.engine.types import Progress
 from runner.errors import ConfigError, first_line
 from runner.extra_outputs import ExtraColumns
 from runner.io.outputs import INPUT_ERROR, OUTPUT_COLUMNS
@@ -133,7 +134,6 @@ class GenerationStage:
         self.extra_columns = ExtraColumns(cfg, self.engine.tokenizer)  # columns only some options add
         self.replica = replica_label()
         self.watchdog = Watchdog(cfg.batching.stall_timeout_s)
-        self.watchdog.watch_model(self.engine.model)
 
     def _check_row_options(self, cfg: JobConfig) -> None:
         """Per-row option columns the engine's strategy cannot honour fail at start, not on every row."""
@@ -169,7 +169,7 @@ class GenerationStage:
         if not requests:
             return
         try:
-            done.update((c.id, c) for c in self.watchdog.call(self._engine_generate, requests))
+            done.update((c.id, c) for c in self.watchdog.call(lambda p: self._engine_generate(requests, p)))
             return
         except torch.OutOfMemoryError:
             raise
@@ -189,11 +189,11 @@ class GenerationStage:
         self._generate(requests[:half], done, isolated)
         self._generate(requests[half:], done, isolated)
 
-    def _engine_generate(self, requests: list[Request]) -> list[Completion]:
+    def _engine_generate(self, requests: list[Request], progress: Progress) -> list[Completion]:
         # The watchdog runs the call on a thread of its own: OpenMP's thread count is per thread.
         if self.cpu_threads:
             set_cpu_threads(self.cpu_threads)
-        return self.engine.generate(requests)
+        return self.engine.generate(requests, progress)
 
     def _prepare_safely(self, row: dict) -> _Row:
         try:

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from runner import compat
 from runner.config import ModelConfig
 from runner.errors import ConfigError, first_line
 
@@ -40,6 +41,9 @@ def apply(model, cfg: ModelConfig):
         except (OSError, ValueError) as err:
             raise ConfigError(f"model.adapter: cannot load {cfg.adapter!r}: {first_line(err)}") from None
         return merged.eval()
+    problem = compat.adapter_switching_problem() if cfg.adapters else None
+    if problem is not None:
+        raise ConfigError(f"model.adapters: {problem}; use model.adapter (merged) for one adapter")
     for name, path in (cfg.adapters or {}).items():
         try:
             model.load_adapter(_resolve(path), adapter_name=name)
@@ -70,7 +74,7 @@ def active(model, name: str | None) -> Iterator[None]:
     """Run the enclosed forwards with adapter `name` (None: the base model) active on `model`.
 
     A no-op for a model without loaded adapters; the lock keeps two threads from switching at once."""
-    if not getattr(model, "_hf_peft_config_loaded", False):
+    if not compat.has_loaded_adapters(model):
         yield
         return
     with _ACTIVE:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
+from runner import compat
+
 # Cache layer types (transformers cache_utils.DYNAMIC_LAYER_TYPE_MAPPING) that hold plain keys/values.
 KV_LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
 # Rotary scalings whose frequencies depend on the longest position in the batch (see module docstring).
@@ -53,8 +55,8 @@ class Architecture:
         return cls(
             name=type(model).__name__,
             layer_types=tuple(layer_types(config)),
-            stateful=bool(getattr(model, "_is_stateful", False)) or not _default_cache(model),
-            attention_backend=bool(getattr(model, "_supports_attention_backend", False)),
+            stateful=bool(compat.model_flag(model, "_is_stateful")) or not _default_cache(model),
+            attention_backend=bool(compat.model_flag(model, "_supports_attention_backend")),
             takes_position_ids=forward_takes(model, "position_ids"),
             rope_types=frozenset(rope_types(config)),
         )
@@ -68,7 +70,7 @@ def forward_takes(model, argument: str) -> bool:
 
 def _default_cache(model) -> bool:
     """Whether generate would give this model a DynamicCache (generation/utils.py)."""
-    supports = getattr(model, "_supports_default_dynamic_cache", None)
+    supports = compat.model_flag(model, "_supports_default_dynamic_cache", None)
     return bool(supports()) if callable(supports) else True
 
 

@@ -22,17 +22,13 @@ import threading
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from runner import compat
 from runner.engine.types import Constraint
 
 if TYPE_CHECKING:  # the driver validates configs with this module and must not import torch
     import torch
 
 KINDS = ("json_schema", "regex", "choices")
-# xgrammar (0.2.8) writes the characters of a string with minLength / maxLength as [^"\\\r\n], which lets
-# raw control characters (a NUL byte token) into the string: not JSON. Its plain strings exclude them, as
-# JSON requires; the grammar's text is patched to do the same (tested with a byte-level tokenizer).
-_LENGTH_CHARS = r"[^\"\\\r\n]"
-_JSON_CHARS = r"[^\0-\x1f\"\\\r\n]"
 
 
 def load_schema(value: Any) -> str:
@@ -64,12 +60,8 @@ def _grammar(constraint: Constraint):
     if constraint.kind == "json_schema":
         # Compact JSON (no free whitespace between tokens): a model cannot spend its tokens on
         # whitespace that the grammar would otherwise allow without end (vLLM's disable_any_whitespace).
-        grammar = xgr.Grammar.from_json_schema(constraint.spec, any_whitespace=False)
-        text = str(grammar)
-        return (
-            xgr.Grammar.from_ebnf(text.replace(_LENGTH_CHARS, _JSON_CHARS))
-            if _LENGTH_CHARS in text
-            else grammar
+        return compat.json_strings_without_controls(
+            xgr.Grammar.from_json_schema(constraint.spec, any_whitespace=False)
         )
     if constraint.kind == "regex":
         return xgr.Grammar.from_regex(constraint.spec)

@@ -22,11 +22,13 @@ import logging
 import threading
 import time
 import weakref
+from collections import deque
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
+from runner import compat
 from runner.config import BatchingConfig, SamplingConfig
 from runner.engine import paged_attention
 from runner.engine.memory import split_on_oom, token_budget
@@ -34,6 +36,7 @@ from runner.engine.processors import row_kwargs, sampling_processors
 from runner.engine.routing import needs_padded, split_run
 from runner.engine.sequence import Sequence, Stopper, eos_ids, expand
 from runner.engine.types import Completion, Request
+from runner.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,11 @@ class _Call:
     done: threading.Event = field(default_factory=threading.Event)
     errors: dict[str, str] = field(default_factory=dict)
     out_of_memory: str | None = None
+    failure: str | None = None  # the generator broke: the whole call fails with this
+
+    def fail(self, reason: str) -> None:
+        self.failure = reason
+        self.done.set()
 
     def finish(self, seq: Sequence, error: str | None) -> None:
         if error and "out of memory" in error.lower():
@@ -85,43 +93,30 @@ def cb_config(model, batching: BatchingConfig):
     return ContinuousBatchingConfig(**kwargs)
 
 
-def _manager_class():
-    from transformers.generation.continuous_batching import ContinuousBatchingManager
-
-    class DaemonManager(ContinuousBatchingManager):
-        """The manager, with a daemon generation thread (an engine never closed must not hang its
-        process) that computes with as many CPU threads as the thread starting it: OpenMP keeps the
-        count per thread, and a new thread starts from OMP_NUM_THREADS (1 in a Ray replica with a
-        fractional CPU reservation), not from what `torch.set_num_threads` set elsewhere."""
-
-        def start(self) -> None:
-            if self.is_running():
-                return
-            self.background_thread_status.clear()
-            threads = torch.get_num_threads()
-
-            def loop() -> None:
-                torch.set_num_threads(threads)
-                self._run_generation_loop()
-
-            self._generation_thread = threading.Thread(target=loop, name="continuous-batching", daemon=True)
-            self._generation_thread.start()
-
-    return DaemonManager
-
-
 def build_manager(model, tokenizer, sampling: SamplingConfig, batching: BatchingConfig):
-    """A started continuous batching manager with our sampling processors."""
+    """A started continuous batching manager (transformers' public entry point,
+    `model.init_continuous_batching`) with our sampling processors."""
     from transformers import GenerationConfig
 
-    if "flash" not in model.config._attn_implementation:
+    if "flash" not in compat.attn_implementation(model):
         paged_attention.install()
     generation = GenerationConfig(do_sample=False, eos_token_id=-1, pad_token_id=tokenizer.pad_token_id)
-    manager = _manager_class()(model, generation, cb_config(model, batching))
+    manager = model.init_continuous_batching(
+        generation_config=generation, continuous_batching_config=cb_config(model, batching)
+    )
     if not sampling.greedy:
-        manager.logit_processor = sampling_processors(sampling)
-    manager.start()
+        compat.set_manager_processors(manager, sampling_processors(sampling))
+    start_daemon(manager)
     return manager
+
+
+def start_daemon(manager) -> None:
+    """`manager.start()`, from a daemon thread: a thread inherits its starter's daemon flag, so the
+    generation thread is a daemon too (an engine nobody closes must not keep its process alive).
+    Torch's CPU thread count is process-wide (set_num_threads): the new thread computes with it."""
+    starter = threading.Thread(target=manager.start, name="continuous-start", daemon=True)
+    starter.start()
+    starter.join()
 
 
 class ContinuousGenerator:
@@ -138,6 +133,8 @@ class ContinuousGenerator:
         self._restart_lock = threading.Lock()
         self._ids = itertools.count()
         self._closed = False
+        self._failure: str | None = None  # set once the generator is broken for good (`_fail`)
+        self._restarts: deque[float] = deque(maxlen=3)  # recent restarts with no output since
         self._router = threading.Thread(target=self._route, name="continuous-router", daemon=True)
         self._router.start()
         _LIVE.add(self)
@@ -168,7 +165,8 @@ class ContinuousGenerator:
             return self._fallback
 
     def run(self, requests: list[Request]) -> list[Completion]:
-        """Complete requests (in request order); raises OutOfMemoryError if the device ran out."""
+        """Complete requests (in request order); raises OutOfMemoryError if the device ran out, and
+        EngineFailed at once when the generator is broken (its threads died: see `_fail`)."""
         seqs = expand(requests, self.sampling)
         call = _Call(remaining=len(seqs))
         for seq in seqs:
@@ -176,6 +174,8 @@ class ContinuousGenerator:
         call.done.wait()
         if call.out_of_memory:
             raise torch.OutOfMemoryError(call.out_of_memory)
+        if call.failure:
+            raise EngineFailed(call.failure)
         done = self.stopper.completions(requests, seqs, self.sampling.n)
         return [Completion.failed(c.id, call.errors[c.id]) if c.id in call.errors else c for c in done]
 
@@ -195,50 +195,76 @@ class ContinuousGenerator:
         # A thread stopped before it built its batch processor (the KV cache) would do so after the stop.
         deadline = time.monotonic() + timeout
         while (
-            self.manager.batch_processor is None and self.manager.is_running() and time.monotonic() < deadline
+            not compat.manager_cache_built(self.manager)
+            and self.manager.is_running()
+            and time.monotonic() < deadline
         ):
             time.sleep(0.01)
 
     def _submit(self, seq: Sequence, call: _Call) -> None:
         request_id = str(next(self._ids))
         with self._lock:
+            if self._failure is not None:
+                call.fail(self._failure)
+                return
             self._pending[request_id] = (seq, call)
-        while self._add(request_id, seq) is None:
+        while self._failure is None and self._add(request_id, seq) is None:
             self._restart()  # the manager stopped taking requests: it failed and is shutting down
 
     def _add(self, request_id: str, seq: Sequence) -> str | None:
         extra = {} if self.sampling.greedy else row_kwargs(self.sampling, seq)
+        # Streamed: an output per step per request is each call's progress (runner.engine.types.Progress),
+        # and what stop strings are checked on.
         return self.manager.add_request(
             seq.request.prompt_ids,
             request_id=request_id,
             max_new_tokens=seq.request.max_new_tokens,
             eos_token_id=self.eos,
-            streaming=bool(self.sampling.stop),
+            streaming=True,
             **extra,
         )
 
     def _restart(self) -> None:
         with self._restart_lock:
-            status = self.manager.background_thread_status
-            if self.manager.is_running() and status.can_accept_new_requests() is None:
-                return  # another caller restarted it already
-            log.warning("continuous batching manager stopped (%s): restarting it", status.fatal_error)
-            thread = self.manager._generation_thread
+            if self._failure is not None or compat.manager_accepting(self.manager):
+                return  # failed for good, or another caller restarted it already
+            failure = compat.manager_failure(self.manager) or _thread_error(self.manager)
+            if len(self._restarts) == self._restarts.maxlen and time.monotonic() - self._restarts[0] < 60:
+                self._fail(f"continuous batching keeps failing ({failure or 'no error recorded'})")
+                return
+            self._restarts.append(time.monotonic())
+            log.warning("continuous batching manager stopped (%s): restarting it", failure)
+            thread = compat.manager_thread(self.manager)
             if thread is not None:
                 thread.join(timeout=60)
-            self.manager.start()
+            start_daemon(self.manager)
+
+    def _fail(self, reason: str) -> None:
+        """Broken for good: every waiting call fails now with `reason`, and so does every later one."""
+        reason = f"{reason} [{compat.versions_line('transformers', 'torch')}]"
+        log.error("continuous strategy failed: %s", reason)
+        with self._lock:
+            self._failure = reason
+            pending, self._pending = self._pending, {}
+        for _seq, call in pending.values():
+            call.fail(reason)
 
     def _route(self) -> None:
-        """Hand every output of the manager to the sequence it belongs to (runs in its own thread)."""
-        while not self._closed:
-            output = self.manager.get_result(timeout=0.1)
-            if output is None:
-                self._revive()
-                continue
-            with self._lock:
-                entry = self._pending.get(output.request_id)
-            if entry is not None:
-                self._update(output, *entry)
+        """Hand every output of the manager to the sequence it belongs to (runs in its own thread);
+        should it die, every waiting call fails with its error instead of waiting for the watchdog."""
+        try:
+            while not self._closed and self._failure is None:
+                output = self.manager.get_result(timeout=0.1)
+                if output is None:
+                    self._revive()
+                    continue
+                self._restarts.clear()  # the manager works: earlier failures were not a broken library
+                with self._lock:
+                    entry = self._pending.get(output.request_id)
+                if entry is not None:
+                    self._update(output, *entry)
+        except BaseException as err:  # noqa: BLE001 - any death of this thread fails its callers at once
+            self._fail(f"continuous router thread died: {type(err).__name__}: {first_line(err)}")
 
     def _revive(self) -> None:
         # A request added while the manager was failing can sit in its queue with nobody to restart it.
@@ -248,6 +274,8 @@ class ContinuousGenerator:
 
     def _update(self, output, seq: Sequence, call: _Call) -> None:
         seq.tokens = list(output.generated_tokens)
+        if seq.request.progress is not None:
+            seq.request.progress.step()
         if output.error is not None or output.is_finished():
             self._finish(output.request_id, seq, call, output.error)
         elif self.stopper.has_stop(seq.tokens):
@@ -256,9 +284,34 @@ class ContinuousGenerator:
 
     def _finish(self, request_id: str, seq: Sequence, call: _Call, error: str | None) -> None:
         with self._lock:
-            self._pending.pop(request_id, None)
+            if self._pending.pop(request_id, None) is None:
+                return  # already failed with the whole generator
         seq.finished = True
         call.finish(seq, error)
+
+
+class EngineFailed(RuntimeError):
+    """The continuous strategy's threads died: no request can complete on this generator."""
+
+
+# Exceptions that ended threads of this process, by thread: a generation thread that dies of an
+# exception transformers does not catch leaves no fatal error on the manager, only this.
+_THREAD_ERRORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_previous_hook = threading.excepthook
+
+
+def _record_thread_error(args) -> None:
+    if args.thread is not None and args.exc_value is not None:
+        _THREAD_ERRORS[args.thread] = f"{args.exc_type.__name__}: {first_line(args.exc_value)}"
+    _previous_hook(args)
+
+
+threading.excepthook = _record_thread_error
+
+
+def _thread_error(manager) -> str | None:
+    thread = compat.manager_thread(manager)
+    return _THREAD_ERRORS.get(thread) if thread is not None else None
 
 
 @atexit.register

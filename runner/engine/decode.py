@@ -21,6 +21,7 @@ from runner.engine.batching import prefill_groups
 from runner.engine.kv_cache import SlotCache, full_cache
 from runner.engine.sampling import Sampler
 from runner.engine.sequence import Sequence, Stopper
+from runner.engine.types import stepped
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,6 +46,8 @@ class DecodeLoop:
         self.max_padding = max_padding
         # A model whose forward takes no `logits_to_keep` computes all logits.
         self.keep_last = {"logits_to_keep": 1} if forward_takes(model, "logits_to_keep") else {}
+        # transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns, and goes in 5.40).
+        self.cache_arg = "cache" if forward_takes(model, "cache") else "past_key_values"
 
     @torch.inference_mode()
     def run(self, seqs: list[Sequence]) -> None:
@@ -71,6 +74,7 @@ class DecodeLoop:
             step = torch.tensor([[s.tokens[-1]] for s in active], device=mask.device)
             positions = torch.tensor([[s.position - 1] for s in active], device=mask.device)
             logits = self._forward(step, mask[:rows, :length], positions, cache)
+            stepped(s.request for s in active)
 
     def _prefill(self, seqs: list[Sequence], width: int, cache: SlotCache) -> torch.Tensor:
         """Prefill each length group on its own cache, then load them all, left-padded to `width`."""
@@ -83,6 +87,7 @@ class DecodeLoop:
             part = full_cache(self.model.config)
             # Under left padding a row's positions start at its first real token, not at column 0.
             logits.append(self._forward(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), part))
+            stepped(s.request for s in seqs[start:stop])
             pad = width - ids.shape[1]
             layers.append(
                 [
@@ -124,8 +129,8 @@ class DecodeLoop:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
+            **{self.cache_arg: cache},
             **self.keep_last,
         )
         return out.logits[:, -1, :].float()

@@ -8,6 +8,7 @@ keeps its model busy with whatever the callers have submitted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from contextlib import AbstractContextManager
 
@@ -22,7 +23,7 @@ from runner.engine.loading import Devices, load_model, load_tokenizer
 from runner.engine.padded import PaddedGenerator
 from runner.engine.scoring import LoglikelihoodScorer, ScoreRequest, ScoreResult
 from runner.engine.strategy import probe_failure, strategy_plan
-from runner.engine.types import Completion, Request
+from runner.engine.types import Completion, Progress, Request
 from runner.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class Engine:
         failures = []
         for strategy, why in plan:
             generator = STRATEGIES[strategy](self.model, self.tokenizer, self.sampling, self.batching)
-            failure = probe_failure(generator, self.tokenizer)
+            failure = probe_failure(generator, self.tokenizer, self.batching.stall_timeout_s)
             if failure is None:
                 log.info("strategy %s for %s: %s", strategy, self.architecture.name, why)
                 return strategy, generator
@@ -113,21 +114,24 @@ class Engine:
         """Token ids of prompts as the model will see them (special tokens included)."""
         return self.tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else []
 
-    def generate(self, requests: list[Request]) -> list[Completion]:
+    def generate(self, requests: list[Request], progress: Progress | None = None) -> list[Completion]:
         """Complete every request; results come back in request order. Out-of-memory splits, never drops.
 
         Safe to call from several threads: each strategy merges concurrent callers' rows into the
-        batches it runs (padded: a shared pool of waiting rows; continuous: one running manager)."""
+        batches it runs (padded: a shared pool of waiting rows; continuous: one running manager).
+        `progress`: counts the steps that advance these rows (the watchdog's signal, runner.watchdog)."""
         requests = constraints.with_default(requests, self.sampling)  # sampling.json_schema / regex / choices
+        if progress is not None:
+            requests = [dataclasses.replace(r, progress=progress) for r in requests]
         done = self.generator.generate(requests)
         if logprobs.wanted(self.sampling):
             logprobs.attach(self.model, requests, done, self.sampling)
         return done
 
-    def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+    def score(self, requests: list[ScoreRequest], progress: Progress | None = None) -> list[ScoreResult]:
         """Summed log-probability of each request's continuation after its context, and whether it is
         the greedy continuation; in request order (`runner.engine.scoring`)."""
-        return self.scorer.score(requests)
+        return self.scorer.score(requests, progress)
 
     def announce(self) -> AbstractContextManager:
         """Context for a caller that is about to prepare and submit rows from another thread (a Ray

@@ -28,7 +28,7 @@ from runner.engine.memory import split_on_oom, token_budget
 from runner.engine.processors import penalties_used
 from runner.engine.sampling import gumbel_noise, step_key, warpers
 from runner.engine.sequence import Sequence, Stopper, eos_ids, expand
-from runner.engine.types import Completion, Request
+from runner.engine.types import Completion, Request, stepped
 
 
 def unsupported_options(sampling: SamplingConfig) -> list[str]:
@@ -71,6 +71,17 @@ class KeyedNoise:
         position = input_ids.shape[1]
         keys = torch.tensor([step_key(k, position) for k in self.keys], device=scores.device)
         return scores + gumbel_noise(keys, scores.shape[-1]).to(scores.dtype)
+
+
+class _Steps:
+    """A stopping criterion that never stops: it counts `generate`'s steps as the requests' progress."""
+
+    def __init__(self, requests: list[Request]):
+        self.requests = requests
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        stepped(self.requests)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 class GenerateGenerator:
@@ -119,7 +130,7 @@ class GenerateGenerator:
 
     @torch.inference_mode()
     def _generate(self, seqs: list[Sequence]) -> list[list[int]]:
-        from transformers import GenerationConfig, LogitsProcessorList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         ids = torch.tensor([s.request.prompt_ids for s in seqs], device=self.model.device)
         config = GenerationConfig(
@@ -130,6 +141,8 @@ class GenerateGenerator:
             pad_token_id=self.pad_id,
         )
         processors = None
+        # Counts each step of `generate` for the watchdog (a public hook: StoppingCriteria run per step).
+        steps = StoppingCriteriaList([_Steps([s.request for s in seqs])])
         if not self.sampling.greedy:
             processors = LogitsProcessorList([*warpers(self.sampling), KeyedNoise([s.key for s in seqs])])
         # `generate` fills every setting our config leaves unset from `model.generation_config`
@@ -144,6 +157,7 @@ class GenerateGenerator:
                 attention_mask=torch.ones_like(ids),
                 generation_config=config,
                 logits_processor=processors,
+                stopping_criteria=steps,
             )
         finally:
             self.model.generation_config = saved

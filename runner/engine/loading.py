@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from runner import compat
 from runner.config import ModelConfig, PlacementConfig, QuantizationConfig
 from runner.demo_model import is_demo, resolve_demo
 from runner.errors import ConfigError, first_line
@@ -76,12 +77,12 @@ class AttentionSupport:
         # attention sinks) would be switched by transformers to a hub kernel, or lose its sinks in the
         # flash_attn package (modeling_utils._check_and_adjust_attn_implementation,
         # modeling_flash_attention_utils._process_flash_attention_kwargs): FA2 does not count for it.
-        compatible = getattr(model_class, "_compatible_flash_implementations", None)
+        compatible = compat.model_flag(model_class, "_compatible_flash_implementations", None)
         return cls(
             model=model_class.__name__,
-            flash=bool(getattr(model_class, "_supports_flash_attn", False))
+            flash=bool(compat.model_flag(model_class, "_supports_flash_attn"))
             and (compatible is None or "flash_attention_2" in compatible),
-            sdpa=bool(getattr(model_class, "_supports_sdpa", False)),
+            sdpa=bool(compat.model_flag(model_class, "_supports_sdpa")),
         )
 
 
@@ -203,9 +204,8 @@ def load_tokenizer(model: ModelConfig):
 
 def model_class(model: ModelConfig):
     """The class AutoModelForCausalLM would instantiate for this model (its config only is read)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
-    from transformers.models.auto.auto_factory import _get_model_class
 
     path = resolve_path(model.path)
     try:
@@ -218,7 +218,7 @@ def model_class(model: ModelConfig):
     if remote and model.trust_remote_code:
         return get_class_from_dynamic_module(remote, path, revision=model.revision)
     try:
-        return _get_model_class(config, AutoModelForCausalLM._model_mapping)
+        return compat.causal_lm_class(config)
     except KeyError:
         raise ConfigError(
             f"model.path: {model.path!r} is a {type(config).__name__}, not a causal LM transformers can load"

@@ -33,7 +33,7 @@ from runner.engine.prefix import PrefixStore, SharedPrefill
 from runner.engine.processors import RowProcessors
 from runner.engine.sampling import Sampler
 from runner.engine.sequence import Sequence, Stopper, eos_ids, expand
-from runner.engine.types import Completion, Request
+from runner.engine.types import Completion, Request, stepped
 from runner.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class SharingLoop(DecodeLoop):
             return super()._prefill(seqs, width, cache)
         prompts = [s.request.prompt_ids for s in seqs]
         try:
-            logits, layers = self.prefill(prompts, width, seqs[0].request.adapter, self._forward)
+            logits, layers = self.prefill(prompts, width, seqs[0].request.adapter, self._stepping(seqs))
         except torch.OutOfMemoryError:
             raise
         except Exception as err:  # noqa: BLE001 - a model the shared path cannot run: run it unshared
@@ -218,3 +218,13 @@ class SharingLoop(DecodeLoop):
             return super()._prefill(seqs, width, cache)
         cache.fill(layers)
         return logits
+
+    def _stepping(self, seqs: list[Sequence]):
+        """`_forward`, counting a step for the batch's calls after each pass (the watchdog's signal)."""
+
+        def forward(ids, mask, positions, cache) -> torch.Tensor:
+            logits = self._forward(ids, mask, positions, cache)
+            stepped(s.request for s in seqs)
+            return logits
+
+        return forward

@@ -6,8 +6,9 @@ batch and computes every query against every cached key of every request, so a d
 rows costs B times the attention it needs. That is what it lacks on CPU and on GPUs without flash_attn.
 
 `install()` wraps transformers' "sdpa" and "paged|eager" attention functions (continuous batching
-switches an eager model to the latter): calls that carry a `PagedAttentionCache` are computed sequence
-by sequence, with PyTorch's own varlen FlashAttention kernel on CUDA in half precision and one SDPA
+switches an eager model to the latter): calls of a continuous batching step (the paged cache passed in,
+transformers <= 5.23, or its packed layout in the kwargs, >= 5.24: runner.compat.packed_call) are
+computed sequence by sequence, with PyTorch's own varlen FlashAttention kernel on CUDA in half precision and one SDPA
 call per sequence otherwise; every other call goes to the original function unchanged, so padded
 batches and `model.generate` are untouched.
 
@@ -29,7 +30,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from runner import compat
+
 _installed = False
+# Attention calls computed here (per sequence) since the process started: tests check the path is taken.
+calls = 0
 
 
 def _varlen_kernel_usable(query: torch.Tensor) -> bool:
@@ -119,10 +124,12 @@ def _sequence_loop(query, key, value, kwargs: dict, scaling, layer: dict | None 
 
 def _layer_attention(module, cache, kwargs: dict, eager: bool) -> dict:
     """What this layer's attention computes besides causal softmax: window, softcap, sinks."""
-    group = cache.layer_to_allocator[module.layer_idx]
     sinks = kwargs.get("s_aux")
+    window = kwargs.get("sliding_window")
+    if window is None and cache is not None:
+        window = compat.paged_layer_window(cache, module.layer_idx)
     return {
-        "window": kwargs.get("sliding_window") or getattr(group, "sliding_window", None),
+        "window": window,
         "softcap": kwargs.get("softcap"),
         "sinks": sinks if sinks is not None else getattr(module, "sinks", None),
         "eager": eager,
@@ -130,9 +137,16 @@ def _layer_attention(module, cache, kwargs: dict, eager: bool) -> dict:
 
 
 def _paged(module, query, key, value, cache, scaling, kwargs: dict, eager: bool):
-    """Attention of one layer over the packed sequences of a continuous batching step."""
+    """Attention of one layer over the packed sequences of a continuous batching step. `cache`: the
+    paged cache to write this step's keys/values into first (transformers <= 5.23), or None when the
+    layer already did (>= 5.24; see runner.compat.packed_call)."""
     layer = _layer_attention(module, cache, kwargs, eager)
-    key, value = cache.update(key_states=key, value_states=value, layer_idx=module.layer_idx, kwargs=kwargs)
+    if cache is not None:
+        key, value = cache.update(
+            key_states=key, value_states=value, layer_idx=module.layer_idx, kwargs=kwargs
+        )
+    global calls
+    calls += 1
     plain = not (eager or layer["softcap"] is not None or layer["sinks"] is not None)
     if plain and _varlen_kernel_usable(query):
         return _torch_varlen(query, key, value, kwargs, scaling, layer["window"]).contiguous(), None
@@ -145,13 +159,11 @@ def install() -> None:
     if _installed:
         return
     from transformers import AttentionInterface
-    from transformers.generation.continuous_batching.cache import PagedAttentionCache
-    from transformers.integrations.eager_paged import eager_paged_attention_forward
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     def wrap(original, eager: bool):
         def paged(module, query, key, value, attention_mask, dropout=0.0, scaling=None, cache=None, **kw):
-            if not isinstance(cache, PagedAttentionCache):
+            how = compat.packed_call(cache, kw)
+            if how is None:
                 return original(
                     module,
                     query,
@@ -163,10 +175,10 @@ def install() -> None:
                     cache=cache,
                     **kw,
                 )
-            return _paged(module, query, key, value, cache, scaling, kw, eager)
+            return _paged(module, query, key, value, cache if how == "update" else None, scaling, kw, eager)
 
         return paged
 
-    AttentionInterface.register("sdpa", wrap(sdpa_attention_forward, eager=False))
-    AttentionInterface.register("paged|eager", wrap(eager_paged_attention_forward, eager=True))
+    for name, original in compat.attention_originals().items():
+        AttentionInterface.register(name, wrap(original, eager=name != "sdpa"))
     _installed = True

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from runner.engine.architecture import forward_takes
 from runner.engine.batching import prefill_groups
 from runner.engine.kv_cache import full_cache
 
@@ -256,22 +257,29 @@ def _left(tensor: torch.Tensor, pad: int) -> torch.Tensor:
     return torch.nn.functional.pad(tensor, (0, 0, pad, 0)) if pad else tensor
 
 
-def last_logits(model) -> Forward:
-    """A `Forward` returning float logits of each row's last position (all logits when the model's
-    forward takes no `logits_to_keep`)."""
-    from runner.engine.architecture import forward_takes
+def cache_argument(model) -> str:
+    """The name the model's forward takes its KV cache by: transformers 5.24 renamed `past_key_values`
+    to `cache` (the old name warns, and goes in 5.40); as runner.engine.decode does."""
+    return "cache" if forward_takes(model, "cache") else "past_key_values"
 
+
+def last_logits(model, progress=None) -> Forward:
+    """A `Forward` returning float logits of each row's last position (computing only those when the
+    model's forward takes `logits_to_keep`); each call counts a step on `progress` (the watchdog's)."""
     keep = {"logits_to_keep": 1} if forward_takes(model, "logits_to_keep") else {}
+    name = cache_argument(model)
 
     def forward(ids, mask, positions, cache) -> torch.Tensor:
         out = model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
+            **{name: cache},
             **keep,
         )
+        if progress is not None:
+            progress.step()
         return out.logits[:, -1, :].float()
 
     return forward

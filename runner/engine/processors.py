@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from runner import compat
 from runner.config import SamplingConfig
 from runner.engine.sampling import gumbel_noise, step_key, warpers
 
@@ -84,11 +85,9 @@ def _as_int32(key: int) -> int:
 
 
 def _keyed_gumbel_class():
-    from transformers.generation.continuous_batching.cb_logits_processors import (
-        ContinuousBatchingLogitsProcessor,
-    )
+    base, _ = compat.cb_processor_base()
 
-    class KeyedGumbel(ContinuousBatchingLogitsProcessor):
+    class KeyedGumbel(base):
         """Adds Gumbel noise keyed by (request sample key, token position): see runner.engine.sampling."""
 
         supported_kwargs = {"sample_key": int, "greedy": bool}
@@ -100,14 +99,11 @@ def _keyed_gumbel_class():
         def prepare_tensor_args(self, requests_with_new_token) -> torch.Tensor:
             # position_offset was just advanced past this step's query: it is the new token's position.
             # A row whose own temperature is 0 (greedy) gets key 0 = no noise (its warpers are neutral).
-            keys = [
-                0
-                if r.state.logit_processor_kwargs.get("greedy")
-                else _as_int32(
-                    step_key(r.state.logit_processor_kwargs.get("sample_key", 0), r.state.position_offset)
-                )
-                for r in requests_with_new_token
-            ]
+            keys = []
+            for r in requests_with_new_token:
+                kwargs, position = compat.request_processor_state(r)
+                greedy = kwargs.get("greedy")
+                keys.append(0 if greedy else _as_int32(step_key(kwargs.get("sample_key", 0), position)))
             return torch.tensor(keys, dtype=torch.int32)
 
         def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
@@ -120,10 +116,9 @@ def _keyed_gumbel_class():
 
 def sampling_processors(sampling: SamplingConfig):
     """The continuous batching processor list for a sampling config (warpers, then keyed noise)."""
-    from transformers.generation.continuous_batching.cb_logits_processors import (
-        ContinuousBatchingLogitsProcessorList,
-    )
     from transformers.generation.logits_process import LogitsProcessorList
+
+    _, ContinuousBatchingLogitsProcessorList = compat.cb_processor_base()
 
     chain = LogitsProcessorList([*warpers(sampling), _keyed_gumbel_class()()])
     processors = ContinuousBatchingLogitsProcessorList(chain, per_request_processors=True)

@@ -32,8 +32,8 @@ from runner.config import BatchingConfig
 from runner.engine.architecture import Architecture, forward_takes, padded_refusal
 from runner.engine.kv_cache import full_cache
 from runner.engine.memory import split_on_oom, token_budget
-from runner.engine.prefix import PrefixStore, SharedPrefill, common_length, last_logits
-from runner.engine.types import Completion
+from runner.engine.prefix import PrefixStore, SharedPrefill, cache_argument, common_length, last_logits
+from runner.engine.types import Completion, Progress
 
 log = logging.getLogger(__name__)
 # The prefix store keeps shared prefixes' caches of up to this share of the token budget between batches.
@@ -142,8 +142,9 @@ class LoglikelihoodScorer:
         """Context tokens not computed because requests shared a context or its prefix."""
         return self._context_saved + self.sharing.tokens_saved if self.sharing is not None else 0
 
-    def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        """Every request's result, in request order; a row that does not fit even alone is an error."""
+    def score(self, requests: list[ScoreRequest], progress: Progress | None = None) -> list[ScoreResult]:
+        """Every request's result, in request order; a row that does not fit even alone is an error.
+        `progress`: counts each batch's forward (the watchdog's signal)."""
         for r in requests:
             if not r.context_ids or not r.continuation_ids:
                 raise ValueError(f"score request {r.id}: context and continuation need a token each")
@@ -153,13 +154,15 @@ class LoglikelihoodScorer:
         done: dict[str, ScoreResult] = {}
         rows = self.batching.max_batch_size
         plain = [r for r, s in zip(requests, shared, strict=True) if not s]
-        self._collect(plain, plan_batches(plain, self.budget, rows), self._run, done)
+        run = lambda batch: self._run(batch, progress)  # noqa: E731
+        self._collect(plan_batches(plain, self.budget, rows), run, done)
         together = [r for r, s in zip(requests, shared, strict=True) if s]
-        self._collect(together, plan_shared(together, self.budget, rows), self._run_shared, done)
+        run = lambda batch: self._run_shared(batch, progress)  # noqa: E731
+        self._collect(plan_shared(together, self.budget, rows), run, done)
         return [done[r.id] for r in requests]
 
     @staticmethod
-    def _collect(requests, batches, run: Callable, done: dict[str, ScoreResult]) -> None:
+    def _collect(batches: list[list[ScoreRequest]], run: Callable, done: dict[str, ScoreResult]) -> None:
         for batch in batches:
             for result in split_on_oom(run, batch):
                 # split_on_oom reports a row that does not fit alone as a failed Completion.
@@ -168,7 +171,7 @@ class LoglikelihoodScorer:
                 done[result.id] = result
 
     @torch.inference_mode()
-    def _run_shared(self, batch: list[ScoreRequest]) -> list[ScoreResult]:
+    def _run_shared(self, batch: list[ScoreRequest], progress: Progress | None = None) -> list[ScoreResult]:
         """Each context once (shared prefixes once), then every continuation over its context's cache."""
         questions = by_context(batch)
         contexts = [list(c) for c in questions]
@@ -176,8 +179,10 @@ class LoglikelihoodScorer:
         flat = [r for q in questions.values() for r in q]
         rows = torch.tensor([i for i, q in enumerate(questions.values()) for _ in q])
         with self._lock:
-            last, kv = self.sharing(contexts, width, None, last_logits(self.model))
+            last, kv = self.sharing(contexts, width, None, last_logits(self.model, progress))
             rest = self._over_context(flat, rows, kv, width)
+        if progress is not None:
+            progress.step()
         first = last.log_softmax(-1).index_select(0, rows.to(last.device))
         self._context_saved += sum((len(q) - 1) * len(c) for c, q in questions.items())
         return [
@@ -212,8 +217,8 @@ class LoglikelihoodScorer:
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             position_ids=positions.to(device),
-            past_key_values=cache,
             use_cache=True,
+            **{cache_argument(self.model): cache},
         ).logits
         return logits.float().log_softmax(-1)
 
@@ -227,7 +232,7 @@ class LoglikelihoodScorer:
         return ScoreResult(r.id, logprob=logprob, greedy=greedy)
 
     @torch.inference_mode()
-    def _run(self, batch: list[ScoreRequest]) -> list[ScoreResult]:
+    def _run(self, batch: list[ScoreRequest], progress: Progress | None = None) -> list[ScoreResult]:
         width = max(r.length for r in batch)
         # The last position predicts nothing we need; the first needed one is the shortest context's end.
         first = min(len(r.context_ids) for r in batch) - 1
@@ -240,6 +245,8 @@ class LoglikelihoodScorer:
             # tensor would be read as negative offsets by models that only expect an int.
             kwargs = {"logits_to_keep": width - 1 - first} if self._keep else {}
             logits = self.model(input_ids=ids.to(self.model.device), use_cache=False, **kwargs).logits
+        if progress is not None:
+            progress.step()
         offset = first if self._keep else 0
         return [self._result(r, logits[i], offset) for i, r in enumerate(batch)]
 

@@ -9,6 +9,7 @@ moves on to the next exact strategy, an explicit strategy is refused with the fa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from runner.engine.architecture import REFUSALS, Architecture, exact_strategies
@@ -67,12 +68,26 @@ def choose_strategy(name: str, devices: set[str], arch: Architecture | None = No
     return strategy_plan(name, devices, arch)[0]
 
 
-def probe_failure(generator, tokenizer) -> str | None:
-    """Run two short greedy rows of different lengths; the first failure as one line, or None."""
+def probe_failure(generator, tokenizer, stall_timeout_s: float | None = None) -> str | None:
+    """Run two short greedy rows of different lengths under the stall watchdog; the first failure as
+    one line naming the libraries it ran on, or None. A strategy whose threads die fails here in
+    seconds (runner.engine.continuous), one that hangs after `stall_timeout_s` without progress."""
+    from runner import compat
+    from runner.watchdog import Stalled, Watchdog
+
     ids = tokenizer(PROBE_TEXTS, add_special_tokens=True)["input_ids"]
     requests = [Request(f"probe-{i}", p or [0], 2) for i, p in enumerate(ids)]
+
+    def probe(progress) -> list:
+        return generator.generate([dataclasses.replace(r, progress=progress) for r in requests])
+
     try:
-        done = generator.generate(requests)
+        done = Watchdog(stall_timeout_s).call(probe)
+        failure = next((c.error for c in done if c.error), None)
+    except Stalled as err:
+        failure = str(err)
     except Exception as err:  # noqa: BLE001 - any failure here would fail every row of the job
-        return f"{type(err).__name__}: {first_line(err)}"
-    return next((c.error for c in done if c.error), None)
+        failure = f"{type(err).__name__}: {first_line(err)}"
+    if failure is None or "transformers " in failure:
+        return failure
+    return f"{failure} [{compat.versions_line('transformers', 'torch')}]"

@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+
+
+class Progress:
+    """The steps one engine call has made: a forward that advanced any of its rows (a prefill, a
+    decode step that gave a row a token, a scoring batch). The strategies call `step()` from whatever
+    thread computes; the watchdog (runner.watchdog) reads `last`. Counted by the engine itself, per
+    call, so a CUDA-graph replay (which skips forward hooks) still counts and a call whose rows were
+    lost is seen stalled even while other calls progress."""
+
+    __slots__ = ("steps", "last")
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.last = time.monotonic()
+
+    def step(self) -> None:
+        self.steps += 1
+        self.last = time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -33,6 +52,13 @@ class Request:
     sampling: RowSampling | None = None
     constraint: Constraint | None = None
     adapter: str | None = None  # a name of model.adapters; None = the base model
+    progress: Progress | None = field(default=None, compare=False, repr=False)  # its call's (watchdog)
+
+
+def stepped(requests) -> None:
+    """A forward advanced these requests: count one step for each distinct call among them."""
+    for progress in {id(r.progress): r.progress for r in requests if r.progress is not None}.values():
+        progress.step()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ scored becomes an error row.
 from __future__ import annotations
 
 import json
+import logging
 from itertools import groupby
 from typing import TYPE_CHECKING
 
@@ -22,9 +23,12 @@ from runner.scoring import multiple_choice as mc
 from runner.scoring.config import RESERVED_COLUMNS, EvalConfig, TaskConfig
 from runner.scoring.scorers import resolve
 from runner.stage import GenerationStage, replica_label, result_schema, set_cpu_threads
+from runner.watchdog import Stalled, Watchdog
 
 if TYPE_CHECKING:
     from runner.engine import Engine
+
+log = logging.getLogger(__name__)
 
 
 def output_schema(cfg: EvalConfig) -> pa.Schema:
@@ -82,12 +86,25 @@ class ChoiceTask:
         self.prompts = PromptBuilder(task.data.prompt, engine.tokenizer)
         special = task.data.prompt.messages_column is None  # a chat template writes its own
         self.tokenize = lambda text: engine.tokenizer(text, add_special_tokens=special)["input_ids"]
+        self.watchdog = Watchdog(engine.batching.stall_timeout_s)  # scoring calls stall like generation
 
     def __call__(self, rows: list[dict]) -> list[dict]:
+        self.watchdog.restart_if_broken()
         built = [self._question(row) for row in rows]
         requests = [r for q in built if isinstance(q, mc.Question) for r in q.requests]
-        results = {r.id: r for r in self.engine.score(requests)} if requests else {}
+        results = self._score(requests)
         return [self._output(row, q, results) for row, q in zip(rows, built, strict=True)]
+
+    def _score(self, requests: list) -> dict:
+        if not requests:
+            return {}
+        try:
+            return {r.id: r for r in self.watchdog.call(lambda p: self.engine.score(requests, p))}
+        except Stalled as err:
+            from runner.engine.scoring import ScoreResult
+
+            log.error("%s; failing %d choice(s)", err, len(requests))
+            return {r.id: ScoreResult(r.id, error=str(err)) for r in requests}
 
     def _question(self, row: dict) -> mc.Question | RowError:
         if row.get(INPUT_ERROR) is not None:  # the reader could not read this row as data

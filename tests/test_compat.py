@@ -1,0 +1,173 @@
+"""Every private or undocumented library API the project uses (runner/compat.py) still behaves.
+
+Each test exercises one entry of runner.compat on the installed versions and fails naming the API and
+the version, so a new release that changes one says exactly what broke (scripts/check_latest.sh runs
+this file against the newest releases first).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from runner import compat
+from runner.config import BatchingConfig, ModelConfig, SamplingConfig
+
+TRANSFORMERS = f"transformers {compat.version('transformers')}"
+
+
+def broke(api: str, package: str = "transformers") -> str:
+    return f"{api} no longer behaves on {package} {compat.version(package)} (runner/compat.py)"
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        tiny_model, dtype=torch.float32, attn_implementation="sdpa"
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def continuous(tiny_model):
+    from runner.engine import Engine
+
+    batching = BatchingConfig(strategy="continuous", token_budget=4096, max_batch_size=8)
+    engine = Engine(ModelConfig(path=tiny_model, dtype="float32"), SamplingConfig(max_new_tokens=6), batching)
+    yield engine
+    engine.close()
+
+
+def test_versions_are_read_and_compared():
+    assert compat.version("transformers") != "not installed"
+    assert compat.version("no-such-distribution-xyz") == "not installed"
+    assert compat.at_least("torch", "2.5") and not compat.at_least("torch", "99.0")
+    assert compat._release("2.13.0+cpu") == (2, 13, 0) and compat._release("5.24.0rc1") == (5, 24, 0)
+    assert compat.versions_line("transformers").startswith("transformers ")
+
+
+def test_attn_implementation_is_readable(model):
+    assert compat.attn_implementation(model) == "sdpa", broke("config._attn_implementation")
+    assert compat.attn_implementation(model.config) == "sdpa", broke("config._attn_implementation")
+
+
+def test_model_class_flags_are_declared(model):
+    from transformers import LlamaForCausalLM, MambaForCausalLM
+
+    for flag in ("_supports_sdpa", "_supports_flash_attn", "_supports_attention_backend"):
+        assert compat.model_flag(LlamaForCausalLM, flag, None) is True, broke(f"LlamaForCausalLM.{flag}")
+    assert compat.model_flag(MambaForCausalLM, "_is_stateful", None) is True, broke("Mamba._is_stateful")
+    assert callable(compat.model_flag(model, "_supports_default_dynamic_cache", None)), broke(
+        "PreTrainedModel._supports_default_dynamic_cache"
+    )
+    with pytest.raises(ValueError):
+        compat.model_flag(model, "config")
+
+
+def test_causal_lm_class_is_found_without_loading(model):
+    from transformers import GPT2Config, LlamaConfig, LlamaForCausalLM, T5Config
+
+    assert compat.causal_lm_class(LlamaConfig()) is LlamaForCausalLM, broke("auto_factory._get_model_class")
+    assert compat.causal_lm_class(GPT2Config()).__name__ == "GPT2LMHeadModel", broke("_get_model_class")
+    with pytest.raises(KeyError):
+        compat.causal_lm_class(T5Config())  # an encoder-decoder is no causal LM
+
+
+def test_continuous_manager_state_is_readable(continuous):
+    manager = continuous.generator.manager
+    assert compat.manager_accepting(manager), broke("background_thread_status.can_accept_new_requests")
+    assert compat.manager_failure(manager) is None, broke("background_thread_status.fatal_error")
+    thread = compat.manager_thread(manager)
+    assert thread is not None and thread.is_alive(), broke("ContinuousBatchingManager._generation_thread")
+    assert thread.daemon, "the generation thread must be a daemon (started from a daemon thread)"
+    assert compat.manager_cache_built(manager), broke("ContinuousBatchingManager.batch_processor")
+
+
+def test_per_sequence_attention_is_reached_by_continuous_batching(continuous):
+    """transformers 5.23 passed the paged cache to attention functions, 5.24 updates it in the layer:
+    our per-sequence attention must be reached under whichever convention is installed."""
+    from runner.engine import Request, paged_attention
+
+    before = paged_attention.calls
+    prompts = continuous.tokenize(["Hello there", "The quick brown fox jumps over the lazy dog"])
+    done = continuous.generate([Request(f"r{i}", p, 4) for i, p in enumerate(prompts)])
+    assert all(c.error is None for c in done)
+    assert paged_attention.calls > before, broke("the paged attention calling convention (packed_call)")
+
+
+def test_packed_call_recognises_only_continuous_batching_calls():
+    assert compat.packed_call(None, {}) is None
+    assert compat.packed_call(None, {"cu_seq_lens_q": torch.tensor([0, 1]), "position_ids": None}) is None
+    updated = {"cu_seq_lens_q": torch.tensor([0, 1]), "cu_seq_lens_k": torch.tensor([0, 3]), "read_index": []}
+    assert compat.packed_call(None, updated) == "updated"
+    assert compat.packed_call(None, {**updated, "block_table": torch.zeros(1)}) is None
+    assert set(compat.attention_originals()) == {"sdpa", "paged|eager"}, broke(
+        "integrations attention functions"
+    )
+    assert all(callable(f) for f in compat.attention_originals().values())
+
+
+def test_sampled_continuous_rows_use_the_per_request_processor_interface(tiny_model):
+    """Our keyed-noise processor is a per-request CB processor (supported_kwargs, prepare_tensor_args,
+    request.state): sampling through the manager must equal padded's draw."""
+    from runner.engine import Engine, Request
+
+    base, processor_list = compat.cb_processor_base()
+    for name in ("prepare_tensor_args", "fill_defaults"):
+        assert hasattr(base, name), broke(f"ContinuousBatchingLogitsProcessor.{name}")
+    assert callable(processor_list), broke("ContinuousBatchingLogitsProcessorList")
+    sampling = SamplingConfig(max_new_tokens=8, temperature=0.9, seed=3)
+    outs = {}
+    for strategy in ("padded", "continuous"):
+        batching = BatchingConfig(strategy=strategy, token_budget=4096, max_batch_size=8)
+        engine = Engine(ModelConfig(path=tiny_model, dtype="float32"), sampling, batching)
+        prompts = engine.tokenize(["Hello", "What is the capital of France?"])
+        outs[strategy] = [
+            c.token_ids for c in engine.generate([Request(f"r{i}", p, 8) for i, p in enumerate(prompts)])
+        ]
+        engine.close()
+    assert outs["padded"] == outs["continuous"], broke(
+        "request.state.logit_processor_kwargs / position_offset"
+    )
+
+
+def test_adapter_flag_and_peft_floor(model):
+    from transformers.integrations import peft as hf_peft
+
+    assert compat.has_loaded_adapters(model) is False, broke("PreTrainedModel._hf_peft_config_loaded")
+    floor = getattr(hf_peft, "MIN_PEFT_VERSION", None)
+    assert isinstance(floor, str), broke("transformers.integrations.peft.MIN_PEFT_VERSION")
+    problem = compat.adapter_switching_problem()
+    assert (problem is None) == compat.at_least("peft", floor)
+    if problem is not None:
+        assert f"peft >= {floor}" in problem and compat.version("peft") in problem
+
+
+def test_ray_actor_table_lists_actors_and_restarts(ray_cpu):
+    @ray_cpu.remote(num_cpus=0.1)
+    class ProbeStage:
+        def ping(self) -> int:
+            return 1
+
+    actor = ProbeStage.remote()
+    assert ray_cpu.get(actor.ping.remote()) == 1
+    table = compat.ray_actor_table()
+    assert table is not None, broke("ray._private.state.actors", "ray")
+    mine = [info for info in table.values() if "ProbeStage" in info["class"]]
+    assert mine and mine[0]["restarts"] == 0, broke("ray._private.state.actors NumRestarts", "ray")
+
+
+def test_json_length_strings_exclude_control_characters():
+    import xgrammar as xgr
+
+    schema = json.dumps({"type": "object", "properties": {"a": {"type": "string", "minLength": 1}}})
+    raw = str(xgr.Grammar.from_json_schema(schema, any_whitespace=False))
+    assert compat._LENGTH_CHARS in raw, broke("Grammar text of length-bounded strings", "xgrammar")
+    fixed = str(
+        compat.json_strings_without_controls(xgr.Grammar.from_json_schema(schema, any_whitespace=False))
+    )
+    assert compat._LENGTH_CHARS not in fixed, broke("Grammar.from_ebnf", "xgrammar")
+    assert compat._JSON_CHARS in fixed, broke("Grammar.from_ebnf", "xgrammar")
