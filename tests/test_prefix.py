@@ -17,6 +17,7 @@ from runner.config import BatchingConfig, ModelConfig, SamplingConfig
 from runner.engine import Engine, Request
 from runner.engine.prefix import PrefixStore, common_length, last_logits, share_groups
 from runner.engine.scoring import LoglikelihoodScorer, ScoreRequest
+from runner.errors import ConfigError
 from runner.summary import PREFIX_REUSED_KEY, JobStats, build_summary
 from tests import arch_models
 from tests.conftest import write_jsonl
@@ -217,6 +218,48 @@ def test_every_padded_architecture_shares_a_prefix_longer_than_its_window_exactl
     assert bad == [], f"{spec.name}: rows {bad} differ from the unbatched reference"
     assert engine.generator.loop.broken is None
     assert engine.generator.prefix_tokens_reused > 4 * (shared - 40)
+    engine.close()
+
+
+CONTINUOUS_SPECS = [s for s in arch_models.SPECS if "continuous" not in s.refuses]
+
+
+@pytest.mark.parametrize("spec", CONTINUOUS_SPECS, ids=[s.name for s in CONTINUOUS_SPECS])
+def test_continuous_shares_cached_blocks_exactly_or_says_it_cannot(spec, arch_root, caplog):
+    """transformers' block sharing: a row whose prompt starts with the cached pages of an earlier one
+    (here: the system prompt alone, run first) reuses them; a sliding-window model runs unshared."""
+    from transformers import AutoModelForCausalLM
+
+    path = arch_models.build(spec, arch_root)
+    with caplog.at_level("INFO"):
+        try:
+            engine = padded_engine(path, strategy="continuous")
+        except ConfigError as err:  # continuous itself fails this model's start-up probe: not sharing's
+            pytest.skip(str(err))
+    ids = engine.tokenize([SYSTEM, *(SYSTEM + q for q in QUESTIONS)])
+    limits = [3, 4, 7, 3, 6, 5]
+    first = engine.generate([Request("r0", ids[0], limits[0])])
+    done = first + engine.generate(
+        [Request(f"r{i}", p, n) for i, (p, n) in enumerate(zip(ids, limits, strict=True)) if i]
+    )
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    expected = [[reference(model, p, n)] for p, n in zip(ids, limits, strict=True)]
+    bad = [i for i, (c, e) in enumerate(zip(done, expected, strict=True)) if c.token_ids != e or c.error]
+    assert bad == [], f"{spec.name}: rows {bad} differ from the unbatched reference"
+    if "sliding_attention" in engine.architecture.layer_types:
+        assert engine.generator.prefix_tokens_reused == 0
+        assert "continuous: no prefix sharing for" in caplog.text
+    else:  # every later row took at least the system prompt's first 64-token page
+        assert engine.generator.prefix_tokens_reused >= 64 * len(QUESTIONS)
+    engine.close()
+
+
+def test_continuous_without_sharing_reuses_nothing(tiny_model):
+    engine = padded_engine(tiny_model, strategy="continuous", prefix_sharing=False)
+    ids = engine.tokenize([SYSTEM, SYSTEM + QUESTIONS[0]])
+    engine.generate([Request("a", ids[0], 2)])
+    engine.generate([Request("b", ids[1], 2)])
+    assert engine.generator.prefix_tokens_reused == 0
     engine.close()
 
 
