@@ -282,7 +282,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="plain",
         help="plain: the contenders above; shared-prefix: prefix sharing on vs off (scripts/bench_prefix.py)",
     )
-    p.add_argument("--quick", action="store_true", help="shared-prefix: small sizes, for a dry run")
+    p.add_argument(
+        "--size",
+        choices=["full", "cpu", "quick"],
+        default="full",
+        help="shared-prefix: full = 256 rows / 200 questions; cpu = half of them; quick = a dry run",
+    )
     p.add_argument(
         "--parts",
         nargs="+",
@@ -358,9 +363,9 @@ def shared_prefix(args: argparse.Namespace) -> int:
     import bench_prefix
     import torch
 
-    table = bench_prefix.main(args.quick, args.seed, args.parts)
+    table = bench_prefix.main(args.size, args.seed, args.parts)
     device = f"CPU x{os.cpu_count()}" if not torch.cuda.is_available() else torch.cuda.get_device_name()
-    size = bench_prefix.SIZES["quick" if args.quick else "full"]
+    size = bench_prefix.SIZES[args.size]
     print(f"\nshared-prefix workload: {size} on {device}, demo small-llama fp32\n")
     print_table(table)
     if args.json:

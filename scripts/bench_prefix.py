@@ -28,6 +28,8 @@ SIZES = {
     "full": dict(
         rows=256, system=1024, question=(16, 128), new=(32, 64), questions=200, shots=512, plain=112
     ),
+    # the same shapes with half the rows and questions: each part ~10 minutes on 2 shared CPU cores
+    "cpu": dict(rows=128, system=1024, question=(16, 128), new=(32, 64), questions=100, shots=512, plain=112),
     "quick": dict(rows=32, system=256, question=(16, 64), new=(8, 16), questions=24, shots=128, plain=24),
 }
 
@@ -130,11 +132,11 @@ def compare(name: str, on: dict, off: dict, unit: str) -> dict:
     }
 
 
-def main(quick: bool, seed: int, parts: list[str]) -> list[dict]:
+def main(size_name: str, seed: int, parts: list[str]) -> list[dict]:
     """Run the chosen parts (generation, eval, plain), sharing on then off, and return the table."""
     from runner.config import ModelConfig
 
-    size = SIZES["quick" if quick else "full"]
+    size = SIZES[size_name]
     model_cfg = ModelConfig(path="demo:small-llama", dtype="float32")
     table = []
     if "generation" in parts:

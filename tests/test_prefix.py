@@ -338,7 +338,7 @@ def _config(source, out):
     return build_config(
         {
             "model": {"path": "demo:tiny-llama", "dtype": "float32"},
-            "data": {"source": str(source)},
+            "data": {"source": str(source), "id_column": "id"},
             "sampling": {"max_new_tokens": 4},
             "batching": {"strategy": "padded", "rows_per_task": 4},
             "output": {"path": str(out)},
