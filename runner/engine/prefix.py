@@ -187,18 +187,7 @@ class SharedPrefill:
                 part = [prompts[r] for r in rows[start:stop]]
                 parts.append(self._prefill(part, group.shared, shared, width, forward))
                 order += rows[start:stop]
-        back = torch.empty(len(order), dtype=torch.long)
-        back[torch.tensor(order)] = torch.arange(len(order))
-        back = back.to(parts[0][0].device)
-        logits = torch.cat([p[0] for p in parts]).index_select(0, back)
-        layers = [
-            tuple(
-                torch.cat([p[1][i][j] for p in parts]).index_select(0, back.to(parts[0][1][i][j].device))
-                for j in (0, 1)
-            )
-            for i in range(len(parts[0][1]))
-        ]
-        return logits, layers
+        return _in_order(parts, order)
 
     def _groups(self, prompts: list[list[int]], adapter: str | None) -> list[Group]:
         """`share_groups`, and a row sharing nothing with the others of its batch alone takes what it
@@ -238,6 +227,26 @@ class SharedPrefill:
         pad = width - ids.shape[1]
         layers = [(_left(layer.keys, pad), _left(layer.values, pad)) for layer in cache.layers]
         return logits, layers
+
+
+def _in_order(parts: list[tuple[torch.Tensor, KV]], order: list[int]) -> tuple[torch.Tensor, KV]:
+    """The parts' logits and caches joined, their rows put back in prompt order (`order`: the prompt
+    index of each joined row)."""
+    back = None
+    if order != list(range(len(order))):
+        back = torch.empty(len(order), dtype=torch.long)
+        back[torch.tensor(order)] = torch.arange(len(order))
+
+    def joined(tensors: list[torch.Tensor]) -> torch.Tensor:
+        whole = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+        return whole if back is None else whole.index_select(0, back.to(whole.device))
+
+    logits = joined([logits for logits, _ in parts])
+    layers = [
+        (joined([kv[i][0] for _, kv in parts]), joined([kv[i][1] for _, kv in parts]))
+        for i in range(len(parts[0][1]))
+    ]
+    return logits, layers
 
 
 def shifted(one: torch.Tensor, shifts: list[int]) -> torch.Tensor:

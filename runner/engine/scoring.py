@@ -181,10 +181,10 @@ class LoglikelihoodScorer:
         with self._lock:
             last, kv = self.sharing(contexts, width, None, last_logits(self.model, progress))
             rest = self._over_context(flat, rows, kv, width)
+            self._context_saved += sum((len(q) - 1) * len(c) for c, q in questions.items())
         if progress is not None:
             progress.step()
         first = last.log_softmax(-1).index_select(0, rows.to(last.device))
-        self._context_saved += sum((len(q) - 1) * len(c) for c, q in questions.items())
         return [
             self._shared_result(r, first[i], rest[i] if rest is not None else None)
             for i, r in enumerate(flat)
