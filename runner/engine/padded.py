@@ -44,8 +44,6 @@ log = logging.getLogger(__name__)
 # long prompts on the CPU benchmark). Ray Serve's `@serve.batch` has the same knob
 # (`batch_wait_timeout_s`); here it only applies when the engine was idle.
 GATHER_S = 1.0
-# The prefix store keeps shared prefixes' caches of up to this share of the token budget between batches.
-PREFIX_STORE_SHARE = 16
 
 
 @dataclass(eq=False)
@@ -87,7 +85,7 @@ class PaddedGenerator:
         sampler = Sampler(sampling, RowProcessors(sampling, tokenizer, self.stopper.eos, model))
         self.loop = DecodeLoop(model, sampler, self.stopper, pad, batching.max_padding)
         if batching.prefix_sharing:
-            store = PrefixStore(model, self.budget // PREFIX_STORE_SHARE)
+            store = PrefixStore(model, int(self.budget * PrefixStore.BUDGET_SHARE))
             prefill = SharedPrefill(model, pad, batching.max_padding, batching.prefix_min_tokens, store)
             self.loop = SharingLoop(model, sampler, self.stopper, pad, batching.max_padding, prefill)
         self._calls: list[_Call] = []  # oldest first

@@ -104,8 +104,10 @@ class PrefixStore:
 
     A request for a prefix reuses the longest common start of any kept entry (the first k columns of a
     prefix's cache are the cache of its first k tokens) and computes only the rest. Entries are kept
-    while their tokens together stay within `capacity` positions, least recently used dropped first;
-    the newest is always kept."""
+    while their tokens together stay within `capacity` positions (default: BUDGET_SHARE of the token
+    budget), least recently used dropped first; the newest is always kept."""
+
+    BUDGET_SHARE = 1 / 16  # of the replica's token budget (runner.engine.memory): kept prefixes are a bonus
 
     def __init__(self, model, capacity: int):
         self.model = model

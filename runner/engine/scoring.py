@@ -36,8 +36,6 @@ from runner.engine.prefix import PrefixStore, SharedPrefill, cache_argument, com
 from runner.engine.types import Completion, Progress
 
 log = logging.getLogger(__name__)
-# The prefix store keeps shared prefixes' caches of up to this share of the token budget between batches.
-PREFIX_STORE_SHARE = 16
 
 
 @dataclass
@@ -134,7 +132,7 @@ class LoglikelihoodScorer:
         if refusal is not None:
             log.info("scoring: contexts are not shared for %s: %s", type(model).__name__, refusal)
             return None
-        store = PrefixStore(model, self.budget // PREFIX_STORE_SHARE)
+        store = PrefixStore(model, int(self.budget * PrefixStore.BUDGET_SHARE))
         return SharedPrefill(model, self._pad_id(), batching.max_padding, batching.prefix_min_tokens, store)
 
     @property
