@@ -9,9 +9,15 @@ runs its own generation thread; this module adds what it lacks for a batch job:
 - each request's own `max_new_tokens` and EOS ids, and stop strings (streamed, then cancelled);
 - sampling reproducible per row: a logits processor adds keyed Gumbel noise (runner.engine.sampling)
   after transformers' per-request temperature / top-k / top-p warpers, and the manager takes the argmax;
-- per-sequence attention when flash_attn is missing (runner.engine.paged_attention);
+- per-sequence attention where transformers' own paged path is not exact (runner.engine.paged_attention);
 - an out-of-memory failure of the generation thread is raised to the caller (who splits the batch)
-  and the manager is restarted.
+  and the manager is restarted;
+- no hang when a library changes: every request is streamed, so each call sees its own progress
+  (runner.watchdog), and a generation thread that keeps dying or a router that dies fails every waiting
+  call at once with the error's first line (`_fail`), which the engine's start-up probe turns into a
+  refusal at start.
+The manager is used through its public API (`init_continuous_batching`, `start`, `add_request`,
+`get_result`, `cancel_request`, `stop`); what it only exposes privately goes through runner.compat.
 """
 
 from __future__ import annotations
