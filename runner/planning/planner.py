@@ -108,21 +108,18 @@ class Planner:
     def _gpu(self, model, sk: Skeleton, cost: CacheCost, strategy: str, k: int, row_tokens: int) -> Plan:
         batching, hw = self.cfg.batching, self.hardware
         usable = hw.gpu_memory - CUDA_RESERVE
-        budget_guess = batching.token_budget or batching.max_batch_size * self.prompt_tokens
-        headroom = activation_bytes(
-            sk, min(budget_guess, batching.max_batch_size * self.prompt_tokens), batching
-        )
         row = cost.row_bytes(row_tokens)
+        # The prefill the headroom is for is bounded by the token budget, which depends on the weights
+        # on the first GPU: place once without headroom to find it, then with it.
+        first = sk.bytes_by_device(sk.place(self._caps(k, usable - row // k)[0])).get(0, 0)
+        prefill = min(self._budget(sk, usable - first), batching.max_batch_size * self.prompt_tokens)
+        headroom = activation_bytes(sk, prefill, batching)
         caps, auto = self._caps(k, usable - headroom - row // k)
         device_map = sk.place(caps)
         by_device = sk.bytes_by_device(device_map)
         layer_devices = sk.layer_devices(device_map)
         rows_fit, kv_tokens = _room(cost, layer_devices, by_device, k, usable - headroom, row_tokens)
-        free_first = max(usable - by_device.get(0, 0), 0)
-        budget = batching.token_budget or max(
-            memory.MIN_TOKEN_BUDGET,
-            int(free_first * batching.memory_fraction) // memory.bytes_per_token(sk.model),
-        )
+        budget = self._budget(sk, usable - by_device.get(0, 0))
         per_node = [g // k for g in hw.gpus_per_node]
         offloaded = sum(v for d, v in by_device.items() if d in ("cpu", "disk"))
         shown_caps = (
@@ -151,6 +148,14 @@ class Planner:
             verdict="fits",
         )
         return _judge(plan, by_device, k, hw)
+
+    def _budget(self, sk: Skeleton, free_after_load: int) -> int:
+        """The engine's token budget (runner.engine.memory.token_budget) for this free memory."""
+        batching = self.cfg.batching
+        if batching.token_budget is not None:
+            return batching.token_budget
+        share = int(max(free_after_load, 0) * batching.memory_fraction)
+        return max(memory.MIN_TOKEN_BUDGET, share // memory.bytes_per_token(sk.model))
 
     def _caps(self, k: int, gpu_cap: int) -> tuple[dict[int | str, int], bool]:
         """The max_memory to place with: the config's, else each GPU's room after headroom and its
@@ -220,6 +225,12 @@ def _judge(plan: Plan, by_device: dict, k: int, hw: Hardware) -> Plan:
         plan.problem = (
             f"{plan.weights / GIB:.1f} GiB of weights: {gpu / GIB:.1f} GiB fit on {k} x "
             f"{hw.gpu_memory / GIB:.0f} GiB GPU(s), the rest not even in CPU memory"
+        )
+    elif by_device.get("cpu") and plan.precision != plan.precision.split(" ")[0]:
+        plan.verdict = "no"  # bitsandbytes_4bit/8bit validate_environment refuses CPU-dispatched modules
+        plan.problem = (
+            f"{by_device['cpu'] / GIB:.1f} GiB of {plan.weights / GIB:.1f} GiB weights would go to CPU, "
+            "which transformers refuses for bitsandbytes weights"
         )
     elif by_device.get("cpu"):
         plan.verdict = "offload"
