@@ -64,10 +64,12 @@ def cache_cost(config, dtype: torch.dtype, strategy: str) -> CacheCost:
     """The cache cost of a model with this config, its cache in `dtype`, run by `strategy`."""
     text = config.get_text_config(decoder=True)
     width = torch.finfo(dtype).bits // 8
-    kv = 2 * kv_heads(text) * head_dim(text) * width
+    kinds = layer_types(text)
+    attends = any(kind != "linear_attention" for kind in kinds)  # a pure state-space model names no heads
+    kv = 2 * kv_heads(text) * head_dim(text) * width if attends else 0
     window = getattr(text, "sliding_window", None)
     layers = []
-    for kind in layer_types(text):
+    for kind in kinds:
         if kind == "linear_attention":
             layers.append(LayerCache(0, per_row=recurrent_state(text, width)))
         elif kind in ("sliding_attention", "chunked_attention") and window:

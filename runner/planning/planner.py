@@ -35,6 +35,7 @@ CUDA_RESERVE = GIB
 PROMPT_TOKENS = 1024  # the prompt length planned for when none is given (runner plan --prompt-tokens)
 HBM_BYTES_PER_S = 2e12  # a data-centre GPU's memory bandwidth
 PCIE_BYTES_PER_S = 25e9  # what offloaded weights stream at, host to GPU, each forward pass
+_SKELETONS: dict[tuple[str, str], Skeleton] = {}  # read-only once built: shared by plans of one process
 
 
 @dataclass
@@ -82,17 +83,15 @@ class Planner:
     def __init__(self, cfg: JobConfig, hardware: Hardware, prompt_tokens: int = PROMPT_TOKENS):
         self.cfg, self.hardware, self.prompt_tokens = cfg, hardware, prompt_tokens
         self.devices = Devices(cuda=hardware.has_gpus, gpu_count=hardware.largest_node, bf16=True)
-        self._skeletons: dict[str, Skeleton] = {}
-        self._config = None
 
     def skeleton(self, model: ModelConfig) -> Skeleton:
-        key = model.quantization.model_dump_json()
-        if key not in self._skeletons:
-            dtype = resolve_dtype(model.dtype, self.devices)
-            sk = Skeleton.build(model, dtype, self._config)
-            self._config = sk.config
-            self._skeletons[key] = sk
-        return self._skeletons[key]
+        dtype = resolve_dtype(model.dtype, self.devices)
+        key = (model.model_dump_json(), str(dtype))
+        if key not in _SKELETONS:
+            if len(_SKELETONS) >= 8:  # a meta model holds no storage, but its modules add up
+                _SKELETONS.pop(next(iter(_SKELETONS)))
+            _SKELETONS[key] = Skeleton.build(model, dtype)
+        return _SKELETONS[key]
 
     def replica(self, model: ModelConfig, k: int, max_new_tokens: int) -> Plan:
         """The plan for replicas of `k` GPUs (0: CPU replicas) with this model setting."""
@@ -112,10 +111,16 @@ class Planner:
         # The prefill the headroom is for is bounded by the token budget, which depends on the weights
         # on the first GPU: place once without headroom to find it, then with it.
         first = sk.bytes_by_device(sk.place(self._caps(k, usable - row // k)[0])).get(0, 0)
-        prefill = min(self._budget(sk, usable - first), batching.max_batch_size * self.prompt_tokens)
+        # A batch's rows are cut by the budget counting prompt + new tokens (runner.engine.batching).
+        rows = max(1, min(batching.max_batch_size, self._budget(sk, usable - first) // row_tokens))
+        prefill = rows * self.prompt_tokens
         headroom = activation_bytes(sk, prefill, batching)
         caps, auto = self._caps(k, usable - headroom - row // k)
         device_map = sk.place(caps)
+        if auto and _offloads(device_map):  # a row too long for the cache must not push weights off the GPUs
+            tight, _ = self._caps(k, usable - headroom)
+            if not _offloads(sk.place(tight)):
+                caps, device_map = tight, sk.place(tight)
         by_device = sk.bytes_by_device(device_map)
         layer_devices = sk.layer_devices(device_map)
         rows_fit, kv_tokens = _room(cost, layer_devices, by_device, k, usable - headroom, row_tokens)
@@ -202,6 +207,10 @@ class Planner:
         return plan
 
 
+def _offloads(device_map: dict) -> bool:
+    return any(d in ("cpu", "disk") for d in device_map.values())
+
+
 def _room(cost: CacheCost, layer_devices, by_device, k: int, usable: int, row_tokens: int) -> tuple[int, int]:
     """(whole rows, cache positions) the replica's GPUs hold after weights and headroom: the GPU
     with the least room for its own layers' cache decides."""
@@ -274,9 +283,8 @@ def precision(model: ModelConfig, dtype: torch.dtype) -> str:
 
 def _cache_dtype(sk: Skeleton) -> torch.dtype:
     """The dtype the cache and activations are in: the compute dtype (4-bit's when it names one)."""
-    compute = (
-        getattr(sk.quantizer.quantization_config, "bnb_4bit_compute_dtype", None) if sk.quantizer else None
-    )
+    quant = sk.quantizer.quantization_config if sk.quantizer else None
+    compute = quant.bnb_4bit_compute_dtype if quant is not None and quant.load_in_4bit else None
     return compute if isinstance(compute, torch.dtype) else sk.dtype
 
 
