@@ -115,12 +115,7 @@ class Planner:
         rows = max(1, min(batching.max_batch_size, self._budget(sk, usable - first) // row_tokens))
         prefill = rows * self.prompt_tokens
         headroom = activation_bytes(sk, prefill, batching)
-        caps, auto = self._caps(k, usable - headroom - row // k)
-        device_map = sk.place(caps)
-        if auto and _offloads(device_map):  # a row too long for the cache must not push weights off the GPUs
-            tight, _ = self._caps(k, usable - headroom)
-            if not _offloads(sk.place(tight)):
-                caps, device_map = tight, sk.place(tight)
+        caps, auto, device_map = self._place(sk, k, usable - headroom, row)
         by_device = sk.bytes_by_device(device_map)
         layer_devices = sk.layer_devices(device_map)
         rows_fit, kv_tokens = _room(cost, layer_devices, by_device, k, usable - headroom, row_tokens)
@@ -153,6 +148,18 @@ class Planner:
             verdict="fits",
         )
         return _judge(plan, by_device, k, hw)
+
+    def _place(self, sk: Skeleton, k: int, room: int, row: int) -> tuple[dict, bool, dict]:
+        """(max_memory, whether the plan chose it, device map). Each GPU keeps its share of one row's
+        cache free, unless that alone would push weights off the GPUs (the verdict then names the row)."""
+        caps, auto = self._caps(k, room - row // k)
+        device_map = sk.place(caps)
+        if auto and _offloads(device_map):
+            tight, _ = self._caps(k, room)
+            tight_map = sk.place(tight)
+            if not _offloads(tight_map):
+                return tight, auto, tight_map
+        return caps, auto, device_map
 
     def _budget(self, sk: Skeleton, free_after_load: int) -> int:
         """The engine's token budget (runner.engine.memory.token_budget) for this free memory."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from runner.config import JobConfig
-from runner.errors import ConfigError
+from runner.errors import ConfigError, first_line
 from runner.planning import plan
 from runner.planning.hardware import MEMORY_LABEL, Hardware
 
@@ -33,7 +33,9 @@ def start_check(cfg: JobConfig, hardware: Hardware) -> JobConfig:
             )
         log.info("plan: skipped (the cluster's GPU memory is not known: label nodes with %s)", MEMORY_LABEL)
         return cfg
-    result = plan(cfg, hardware)
+    result = _plan(cfg, hardware, auto)
+    if result is None:
+        return cfg
     log.info("plan: %s", result.line)
     if result.verdict == "no":
         raise ConfigError(f"plan: {result.line} (see: runner plan CONFIG --cluster)")
@@ -41,3 +43,18 @@ def start_check(cfg: JobConfig, hardware: Hardware) -> JobConfig:
     for name in auto:
         log.info("placement.%s: auto -> %s (%s)", name, update[name], result.reasons.get(name, ""))
     return cfg.model_copy(update={"placement": placement.model_copy(update=update)})
+
+
+def _plan(cfg: JobConfig, hardware: Hardware, auto: list[str]):
+    """The plan; None (logged) when it cannot be made and nothing depends on it. A model the planner
+    cannot build (remote code that fails on the meta device, bitsandbytes missing on the driver while
+    the GPU nodes have it) must not stop a job whose placement is explicit."""
+    try:
+        return plan(cfg, hardware)
+    except Exception as err:  # noqa: BLE001 - any failure to plan is reported, never a crash here
+        if auto:
+            raise ConfigError(
+                f"placement.{auto[0]}: auto, but the job cannot be planned: {first_line(err)}"
+            ) from None
+        log.warning("plan: skipped (%s)", first_line(err, type(err).__name__))
+        return None
