@@ -197,27 +197,34 @@ def test_public_configs_plan_their_known_sizes():
         assert abs(sk.weight_bytes / 2 - params) <= 0.01 * params, name
 
 
-def test_70b_on_one_24gb_gpu_does_not_fit_and_names_the_smallest_change():
-    hardware = Hardware.uniform(1, 1, 24 * GIB, 256 * GIB)
-    result = plan(job(str(CONFIGS / "llama-3.1-70b")), hardware)
-    assert result.verdict == "offload" and "fits only with CPU offload" in result.line
-    quantized = plan(
-        job(
-            str(CONFIGS / "llama-3.1-70b"),
-            model={"path": str(CONFIGS / "llama-3.1-70b"), "quantization": {"mode": "4bit"}},
-        ),
-        hardware,
-    )
-    assert quantized.verdict == "no" and quantized.line.startswith("does not fit:")
-    eight = plan(
-        job(str(CONFIGS / "llama-3.1-70b"), placement={"gpus_per_replica": "auto"}),
-        Hardware.uniform(1, 8, 80 * GIB, 512 * GIB),
-    )
+def test_70b_on_24gb_gpus_does_not_fit_and_the_named_change_does():
+    path = str(CONFIGS / "llama-3.1-70b")
+    one = plan(job(path), Hardware.uniform(1, 1, 24 * GIB, 256 * GIB))
+    assert one.verdict == "offload" and one.line.startswith("fits only with CPU offload: ")
+    four = Hardware.uniform(1, 4, 24 * GIB, 256 * GIB)
+    bf16 = plan(job(path), four)
     assert (
-        eight.verdict == "fits"
-        and eight.gpus_per_replica in (2, 4)
-        and eight.replicas == 8 // eight.gpus_per_replica
+        bf16.verdict == "no"
+        and bf16.change == "model.quantization.mode: 4bit and placement.gpus_per_replica: 3"
     )
+    quantized = job(path, model={"path": path, "quantization": {"mode": "4bit"}})
+    result = plan(quantized, four)
+    assert result.line.startswith("does not fit: ") and "transformers refuses for bitsandbytes" in result.line
+    assert result.change == "placement.gpus_per_replica: 3"
+    fixed = job(
+        path, model={"path": path, "quantization": {"mode": "4bit"}}, placement={"gpus_per_replica": 3}
+    )
+    assert plan(fixed, four).verdict == "fits"
+
+
+def test_auto_placement_splits_70b_over_the_fewest_gpus_and_caps_each():
+    path = str(CONFIGS / "llama-3.1-70b")
+    auto = {"gpus_per_replica": "auto", "max_memory": "auto"}
+    eight = plan(job(path, placement=auto), Hardware.uniform(1, 8, 80 * GIB, 512 * GIB))
+    assert eight.verdict == "fits" and eight.gpus_per_replica == 2 and eight.replicas == 4
+    assert eight.reasons["gpus_per_replica"].startswith("2: 2 is the fewest GPUs per replica")
+    assert list(eight.weights_by_device) == ["0", "1"]  # split over the replica's GPUs, nothing offloaded
+    assert set(eight.max_memory) == {"0", "1", "cpu"}  # what auto writes: a cap per GPU (and CPU)
 
 
 def test_a_row_too_long_for_the_cache_suggests_a_shorter_max_new_tokens():
@@ -318,7 +325,7 @@ def test_a_job_that_does_not_fit_fails_at_start_before_loading(fake_gpu_ray, tmp
     from jobs.generate import run
     from runner.engine import loading
 
-    def no_load(*args, **kwargs):
+    def no_load(*args, **kwargs):  # a guard on the driver: the plan must not load the model
         raise AssertionError("the model must not load")
 
     monkeypatch.setattr(loading, "load_model", no_load)
@@ -334,6 +341,8 @@ def test_a_job_that_does_not_fit_fails_at_start_before_loading(fake_gpu_ray, tmp
     with pytest.raises(ConfigError, match=r"^plan: does not fit: 131.4 GiB of weights") as err:
         run(cfg)
     assert err.value.exit_code == 2
+    # It failed before the run began streaming (which writes the summary first): no replica started.
+    assert not (tmp_path / "out" / "_job.json").exists()
 
 
 def test_auto_placement_is_used_by_the_job(fake_gpu_ray, tmp_path, caplog, tiny_model):

@@ -76,6 +76,7 @@ def hardware(args: argparse.Namespace, cfg):
         if args.gpus > 0 and gpu_memory is None:
             raise ConfigError("--gpus needs --gpu-memory (e.g. --gpus 8 --gpu-memory 80GiB)")
         return Hardware.uniform(args.nodes, args.gpus, gpu_memory, cpu_memory)
-    if gpu_memory is not None:
-        raise ConfigError("--gpu-memory needs --gpus N or --cluster")
+    if gpu_memory is not None or cpu_memory is not None:
+        flag = "--gpu-memory" if gpu_memory is not None else "--cpu-memory"
+        raise ConfigError(f"{flag} needs --gpus N" + (" or --cluster" if gpu_memory is not None else ""))
     return Hardware.this_machine()

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 from runner.config import parse_size
+from runner.errors import ConfigError
 
 GB = 10**9
 GIB = 2**30
@@ -111,7 +112,10 @@ def machine_memory() -> int | None:
 def node_gpu_memory(labels: dict[str, str], resources: dict[str, float]) -> int | None:
     """A Ray node's GPU memory from its labels or accelerator type; None when it tells neither."""
     if labels.get(MEMORY_LABEL):
-        return parse_size(labels[MEMORY_LABEL])
+        try:
+            return parse_size(labels[MEMORY_LABEL])
+        except ValueError as err:
+            raise ConfigError(f"Ray node label {MEMORY_LABEL}: {err}") from None
     kind = labels.get("ray.io/accelerator-type")
     if kind is None:
         kind = next((k.split(":", 1)[1] for k in resources if k.startswith("accelerator_type:")), None)

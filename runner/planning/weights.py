@@ -125,7 +125,7 @@ class Skeleton:
             )
 
     def bytes_by_device(self, device_map: dict[str, int | str]) -> dict[int | str, int]:
-        """Weight bytes on each device of a device map (quantization state with its layer)."""
+        """Weight bytes on each device of a device map (the quantization state shared out in proportion)."""
         scale = self.weight_bytes / max(self.parameter_bytes, 1)
         out: dict[int | str, int] = {}
         for name, device in device_map.items():
