@@ -366,3 +366,17 @@ def test_auto_placement_is_used_by_the_job(fake_gpu_ray, tmp_path, caplog, tiny_
     assert "placement.gpus_per_replica: auto -> 1 (1: 1 is the fewest" in caplog.text
     assert "placement.max_memory: auto -> None (none needed" in caplog.text
     assert summary["output_rows"] == 4 and summary["output_rows_error"] == 0
+
+
+def test_unknown_gpu_memory_asks_for_it_and_the_job_check_skips_unless_auto():
+    from runner.planning import Node
+    from runner.planning.start import start_check
+
+    unknown = Hardware((Node(2, None, 64 * GIB),), "Ray cluster: 1 node(s), 2 GPU")
+    cfg = job(str(CONFIGS / "llama-3.1-8b"))
+    with pytest.raises(ConfigError, match=r"^GPU memory unknown: give --gpu-memory"):
+        plan(cfg, unknown)
+    assert start_check(cfg, unknown) is cfg  # explicit placement: the job goes on unplanned
+    auto = job(str(CONFIGS / "llama-3.1-8b"), placement={"max_memory": "auto"})
+    with pytest.raises(ConfigError, match=r"^placement.max_memory: auto needs each GPU's memory"):
+        start_check(auto, unknown)
