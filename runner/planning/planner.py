@@ -4,9 +4,10 @@ Per replica of k GPUs (each `gpu_memory`, less `CUDA_RESERVE` for the CUDA conte
 and allocator slack):
 - weights per device: the skeleton placed under the `max_memory` the plan would set (runner.planning.
   weights), or the config's own;
-- activation headroom on each GPU: one prefill of `max_batch_size` prompts of `prompt_tokens` (at
-  most the token budget), `4 x hidden + 3 x intermediate` values per position (residual, attention
-  and MLP transients of one layer, as runner.engine.memory counts them) plus float32 logits per row;
+- activation headroom on each GPU: one prefill of the rows a batch holds (the token budget over
+  `prompt_tokens + max_new_tokens`, at most max_batch_size) x `prompt_tokens`, `4 x hidden + 3 x
+  intermediate` values per position (residual, attention and MLP transients of one layer, as
+  runner.engine.memory counts them) plus float32 logits per row;
 - KV tokens: the cache positions the rest holds (on the GPU whose layers leave the least room);
 - the token budget the engine will set (runner.engine.memory.token_budget: the free memory after
   load on the replica's first GPU x memory_fraction, over its per-token estimate), or the config's;
@@ -147,7 +148,7 @@ class Planner:
             replicas=min(self.cfg.placement.replicas or sum(per_node), sum(per_node)),
             verdict="fits",
         )
-        return _judge(plan, by_device, k, hw)
+        return _judge(plan, by_device, k, hw, quantized=sk.quantizer is not None)
 
     def _place(self, sk: Skeleton, k: int, room: int, row: int) -> tuple[dict, bool, dict]:
         """(max_memory, whether the plan chose it, device map). Each GPU keeps its share of one row's
@@ -232,7 +233,7 @@ def _room(cost: CacheCost, layer_devices, by_device, k: int, usable: int, row_to
     return min(rows, default=0), min(tokens, default=0)
 
 
-def _judge(plan: Plan, by_device: dict, k: int, hw: Hardware) -> Plan:
+def _judge(plan: Plan, by_device: dict, k: int, hw: Hardware, quantized: bool) -> Plan:
     if k > hw.largest_node:
         plan.verdict, plan.problem = "no", f"{k} GPUs per replica, but the largest node has {hw.largest_node}"
     elif by_device.get("disk"):
@@ -242,7 +243,7 @@ def _judge(plan: Plan, by_device: dict, k: int, hw: Hardware) -> Plan:
             f"{plan.weights / GIB:.1f} GiB of weights: {gpu / GIB:.1f} GiB fit on {k} x "
             f"{hw.gpu_memory / GIB:.0f} GiB GPU(s), the rest not even in CPU memory"
         )
-    elif by_device.get("cpu") and plan.precision != plan.precision.split(" ")[0]:
+    elif by_device.get("cpu") and quantized:
         plan.verdict = "no"  # bitsandbytes_4bit/8bit validate_environment refuses CPU-dispatched modules
         plan.problem = (
             f"{by_device['cpu'] / GIB:.1f} GiB of {plan.weights / GIB:.1f} GiB weights would go to CPU, "
