@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from runner import compat
 from runner.config import ModelConfig
 from runner.engine.loading import bnb_config, resolve_path
 from runner.errors import ConfigError, first_line
@@ -71,20 +72,13 @@ class Skeleton:
         except ValueError as err:
             raise ConfigError(f"model.path: {model.path!r} is not a causal LM: {first_line(err)}") from None
         if quantizer is not None:
-            quantizer.preprocess_model(
-                model=skeleton, dtype=dtype, device_map=None, checkpoint_files=None, use_kernels=False
-            )
+            compat.quantize_skeleton(quantizer, skeleton, dtype)
         return cls(config, skeleton, quantizer, dtype)
 
     @cached_property
     def sizes(self) -> dict[str, int]:
         """Bytes of every module, parameter and buffer (by dotted name; "" is the whole model)."""
-        from transformers.integrations.accelerate import compute_module_sizes
-
-        return {
-            k: int(v)
-            for k, v in compute_module_sizes(self.model, self.quantizer, only_modules=False)[0].items()
-        }
+        return compat.module_sizes(self.model, self.quantizer)
 
     @property
     def parameter_bytes(self) -> int:
@@ -113,16 +107,8 @@ class Skeleton:
 
     def place(self, max_memory: dict[int | str, int]) -> dict[str, int | str]:
         """accelerate's device map for these caps, as `device_map="auto"` computes it."""
-        from transformers.integrations.accelerate import get_balanced_memory, infer_auto_device_map
-
-        no_split = self.model._no_split_modules
         with _quiet_accelerate():  # it warns that the planned GPUs are not on this machine
-            caps = get_balanced_memory(self.model, dict(max_memory), no_split, hf_quantizer=self.quantizer)
-            if self.quantizer is not None:
-                caps = self.quantizer.adjust_max_memory(caps)
-            return infer_auto_device_map(
-                self.model, max_memory=caps, no_split_module_classes=no_split, hf_quantizer=self.quantizer
-            )
+            return compat.auto_device_map(self.model, max_memory, self.quantizer)
 
     def bytes_by_device(self, device_map: dict[str, int | str]) -> dict[int | str, int]:
         """Weight bytes on each device of a device map (the quantization state shared out in proportion)."""
@@ -135,7 +121,9 @@ class Skeleton:
     def layer_devices(self, device_map: dict[str, int | str]) -> list[int | str]:
         """The device of each decoder layer, in layer order."""
         layers = [
-            n for n, m in self.model.named_modules() if type(m).__name__ in self.model._no_split_modules
+            n
+            for n, m in self.model.named_modules()
+            if type(m).__name__ in compat.no_split_modules(self.model)
         ]
         return [_device_of(name, device_map) for name in layers]
 
@@ -162,9 +150,7 @@ def _quantizer(model: ModelConfig, dtype: torch.dtype):
     quant = bnb_config(model.quantization, dtype)
     if quant is None:
         return None
-    from transformers.quantizers.auto import AutoHfQuantizer
-
-    return AutoHfQuantizer.from_config(quant, pre_quantized=False)
+    return compat.quantizer_for(quant)
 
 
 class _quiet_accelerate:
