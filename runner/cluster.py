@@ -84,6 +84,22 @@ def gpus_per_node() -> list[int]:
     return [int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
 
 
+def hardware(gpu_memory: int | None = None):
+    """The alive nodes as the planner sees them (runner.planning.hardware): GPUs, GPU memory (given,
+    else each node's `gpu-memory` label or accelerator type), CPU memory (Ray's `memory` resource)."""
+    import ray
+
+    from runner.planning.hardware import Hardware, Node, node_gpu_memory
+
+    nodes = []
+    for n in (n for n in ray.nodes() if n.get("Alive")):
+        res = n.get("Resources", {})
+        memory = gpu_memory or node_gpu_memory(n.get("Labels") or {}, res)
+        nodes.append(Node(int(res.get("GPU", 0)), memory, int(res["memory"]) if res.get("memory") else None))
+    gpus = sum(n.gpus for n in nodes)
+    return Hardware(tuple(nodes), f"Ray cluster: {len(nodes)} node(s), {gpus} GPU")
+
+
 def plan_pool(placement: PlacementConfig, node_gpus: list[int]) -> Pool:
     """Replicas and per-replica resources for this cluster; ConfigError when it cannot fit."""
     total, largest = sum(node_gpus), max(node_gpus, default=0)

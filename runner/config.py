@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -77,27 +77,36 @@ def parse_size(value: str | int) -> int:
 class PlacementConfig(_Strict):
     """How replicas map onto the cluster's GPUs."""
 
-    gpus_per_replica: int = Field(
-        1, ge=0, description="GPUs each replica holds; the model is split over them"
+    gpus_per_replica: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        1, description="GPUs each replica holds; the model is split over them; auto: planned (runner plan)"
     )
     replicas: int | None = Field(None, ge=1, description="default: cluster GPUs // gpus_per_replica (CPU: 1)")
     device_map: Literal["auto"] | None = Field(
         None, description="'auto' splits the model over the replica's GPUs"
     )
-    max_memory: dict[str, str] | None = Field(
-        None, description="per-device cap for device_map=auto, e.g. {0: 20GiB, 1: 20GiB, cpu: 64GiB}"
+    max_memory: dict[str, str] | Literal["auto"] | None = Field(
+        None,
+        description="per-device cap for device_map=auto, e.g. {0: 20GiB, 1: 20GiB, cpu: 64GiB}; auto: planned",
     )
     cpus_per_replica: float = Field(
         0.5, gt=0, description="Ray CPUs per replica (fractional leaves room for I/O)"
     )
 
+    @field_validator("gpus_per_replica", mode="before")
+    @classmethod
+    def _count_or_auto(cls, value: Any) -> Any:
+        bad_text = isinstance(value, str) and value != "auto" and not value.isdigit()
+        if bad_text or (isinstance(value, int) and value < 0):
+            raise ValueError("must be a number of GPUs (0 or more) or auto")
+        return value
+
     @field_validator("max_memory", mode="before")
     @classmethod
     def _check_max_memory(cls, value: Any) -> Any:
-        if value is None:
-            return None
+        if value is None or value == "auto":
+            return value
         if not isinstance(value, dict):
-            raise ValueError("must be a mapping of device -> size, e.g. {0: 20GiB, cpu: 64GiB}")
+            raise ValueError("must be a mapping of device -> size, e.g. {0: 20GiB, cpu: 64GiB}, or auto")
         out = {}
         for device, size in value.items():
             key = str(device)
@@ -109,7 +118,9 @@ class PlacementConfig(_Strict):
 
     @model_validator(mode="after")
     def _gpu_keys_fit(self) -> PlacementConfig:
-        gpu_keys = [int(k) for k in (self.max_memory or {}) if k.isdigit()]
+        if not isinstance(self.max_memory, dict) or self.gpus_per_replica == "auto":
+            return self  # the planner sets them together (runner.planning)
+        gpu_keys = [int(k) for k in self.max_memory if k.isdigit()]
         if gpu_keys and max(gpu_keys) >= max(self.gpus_per_replica, 1):
             raise ValueError(
                 f"max_memory names GPU {max(gpu_keys)} but each replica sees only "

@@ -33,6 +33,7 @@ from runner.errors import ConfigError, JobFailed
 from runner.io.lease import LeaseLost
 from runner.io.stream import StreamedInput, open_input
 from runner.jobdir import JobDir
+from runner.planning.start import start_check
 from runner.progress import Progress
 from runner.signals import Interrupted, StopSignals
 from runner.summary import JobStats, build_summary
@@ -126,6 +127,7 @@ class Job:
             with self.dir.lease(self.cfg.output.lease_timeout_s):
                 self.check_output(overwrite)
                 cluster.connect(self.cfg.ray)
+                self.cfg = start_check(self.cfg, cluster.hardware())  # auto placement; "does not fit": exit 2
                 pool = cluster.plan_pool(self.cfg.placement, cluster.gpus_per_node())
                 if overwrite:  # only now, so a config that fails its checks destroys nothing
                     removed = self.dir.clear()

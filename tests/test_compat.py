@@ -179,3 +179,30 @@ def test_json_length_strings_exclude_control_characters():
     )
     assert compat._LENGTH_CHARS not in fixed, broke("Grammar.from_ebnf", "xgrammar")
     assert compat._JSON_CHARS in fixed, broke("Grammar.from_ebnf", "xgrammar")
+
+
+def test_meta_model_sizing_and_placement_as_loading_does():
+    """The planner's private transformers/accelerate calls (runner.planning.weights)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4
+    )
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    sizes = compat.module_sizes(model, None)
+    params = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    assert sizes[""] == params, broke("integrations.accelerate.compute_module_sizes")
+    assert compat.no_split_modules(model) == ["LlamaDecoderLayer"], broke("PreTrainedModel._no_split_modules")
+    placed = compat.auto_device_map(model, {0: sizes[""] // 2, "cpu": 10 * sizes[""]}, None)
+    assert set(placed.values()) == {0, "cpu"}, broke("integrations.accelerate.infer_auto_device_map")
+    quantizer = compat.quantizer_for(BitsAndBytesConfig(load_in_4bit=True))
+    with init_empty_weights(include_buffers=False):
+        quantized = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    compat.quantize_skeleton(quantizer, quantized, torch.float32)
+    kinds = {type(m).__name__ for m in quantized.modules()}
+    assert "Linear4bit" in kinds, broke("HfQuantizer.preprocess_model")
+    assert compat.module_sizes(quantized, quantizer)[""] < sizes[""] / 2, broke(
+        "compute_module_sizes(quantizer)"
+    )

@@ -1,4 +1,4 @@
-"""Command line: `runner run | eval | compare | report` (also `python -m runner`).
+"""Command line: `runner run | eval | plan | compare | report` (also `python -m runner`).
 
 One small module per command; heavy imports happen inside the command so `--help` is instant.
 """
@@ -11,6 +11,7 @@ import traceback
 from runner import logs
 from runner.cli import compare as compare_command
 from runner.cli import eval as eval_command
+from runner.cli import plan as plan_command
 from runner.cli import report as report_command
 from runner.cli import run as run_command
 from runner.errors import first_line, root_cause
@@ -19,6 +20,7 @@ from runner.signals import Interrupted
 COMMANDS = {
     "run": run_command,
     "eval": eval_command,
+    "plan": plan_command,
     "compare": compare_command,
     "report": report_command,
 }
