@@ -279,7 +279,9 @@ class BatchingConfig(_Strict):
         description="padded: pad positions allowed in a prefill, as a share of its prompt tokens",
     )
     stall_timeout_s: float | None = Field(
-        600.0, gt=0, description="an engine call whose rows make no progress for this long fails as engine errors"
+        600.0,
+        gt=0,
+        description="an engine call whose rows make no progress for this long fails as engine errors",
     )
     rows_per_task: int = Field(256, ge=1, description="rows a replica receives per Ray Data batch")
     batches_in_flight: int = Field(
