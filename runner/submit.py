@@ -171,7 +171,10 @@ def _submit_when_ready(client, sub: Submission, sid: str, timeout_s: float = AGE
     while True:
         try:
             client.submit_job(
-                entrypoint=sub.entrypoint, runtime_env=sub.runtime_env, metadata=sub.metadata, submission_id=sid
+                entrypoint=sub.entrypoint,
+                runtime_env=sub.runtime_env,
+                metadata=sub.metadata,
+                submission_id=sid,
             )
             return
         except RuntimeError as err:

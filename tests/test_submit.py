@@ -50,7 +50,9 @@ def start_cluster(workers: list[int], cpus: int = 2):
     head |= {"dashboard_host": "127.0.0.1", "dashboard_port": port}
     # Each node's dashboard agent on its own port: the fixed default (52365) would clash between the
     # nodes of one machine, and the job server needs the head's agent.
-    cluster = Cluster(initialize_head=True, head_node_args=head | {"dashboard_agent_listen_port": free_port()})
+    cluster = Cluster(
+        initialize_head=True, head_node_args=head | {"dashboard_agent_listen_port": free_port()}
+    )
     for gpus in workers:
         cluster.add_node(num_cpus=1, num_gpus=gpus, dashboard_agent_listen_port=free_port())
     cluster.wait_for_nodes()
@@ -103,7 +105,9 @@ def test_submit_runs_the_demo_job_and_exits_with_its_code(cluster_a, tmp_path):
 
     status = runner("status", sid, "--address", cluster_a)
     assert status.returncode == 0 and status.stdout.startswith(f"{sid}  SUCCEEDED  exit=0  kind=run")
-    by_config = runner("status", DEMO, "--output", str(out), "--set", "batching.strategy=padded", "--address", cluster_a)
+    by_config = runner(
+        "status", DEMO, "--output", str(out), "--set", "batching.strategy=padded", "--address", cluster_a
+    )
     assert by_config.stdout == status.stdout
     assert sid in runner("list", "--address", cluster_a).stdout
     logs = runner("logs", sid, "--address", cluster_a)
@@ -156,7 +160,10 @@ def test_bad_address_or_id_is_one_line_exit_2(cluster_a, args, message):
 
 
 def long_input(folder: Path, n: int = 160) -> Path:
-    return write_jsonl(folder / "long.jsonl", [{"qid": f"r{i:04d}", "prompt": f"Count to {i}.", "topic": "t"} for i in range(n)])
+    return write_jsonl(
+        folder / "long.jsonl",
+        [{"qid": f"r{i:04d}", "prompt": f"Count to {i}.", "topic": "t"} for i in range(n)],
+    )
 
 
 def wait_for_parts(out: Path, timeout: float = 180) -> None:
@@ -170,7 +177,14 @@ def test_stopped_job_resumes_on_another_cluster_with_another_replica_count(clust
     """Cluster A (2 replicas) stops the job like SIGTERM; cluster B (1 replica) finishes it, each row once."""
     out = tmp_path / "moved"
     job = [DEMO, "--output", str(out), *PADDED, "--set", f"data.source={long_input(tmp_path)}"]
-    job += ["--set", "output.rows_per_file=4", "--set", "output.flush_seconds=1", "--set", "batching.rows_per_task=2"]
+    job += [
+        "--set",
+        "output.rows_per_file=4",
+        "--set",
+        "output.flush_seconds=1",
+        "--set",
+        "batching.rows_per_task=2",
+    ]
     sid = runner("submit", *job, "--address", cluster_a, "--no-wait").stdout.strip()
     wait_for_parts(out)
     stopped = runner("stop", sid, "--address", cluster_a)
@@ -198,7 +212,9 @@ def test_runner_env_reaches_the_driver(tmp_path):
     cfg = load_config(REPO / DEMO, [f"output.path={tmp_path}"])
     os.environ["RUNNER_TEST_VALUE"] = "x y"
     sub = submit.plan(str(REPO / DEMO), cfg, [], working_dir=str(REPO), env=["RUNNER_TEST_VALUE", "B=2"])
-    assert sub.runtime_env["env_vars"]["RUNNER_TEST_VALUE"] == "x y" and sub.runtime_env["env_vars"]["B"] == "2"
+    assert (
+        sub.runtime_env["env_vars"]["RUNNER_TEST_VALUE"] == "x y" and sub.runtime_env["env_vars"]["B"] == "2"
+    )
     assert sub.entrypoint == "python -m runner run configs/demo.yaml --set ray.address=auto"
     with pytest.raises(submit.ClusterError, match="--env: RUNNER_UNSET_X is not set here"):
         submit.plan(str(REPO / DEMO), cfg, [], working_dir=str(REPO), env=["RUNNER_UNSET_X"])
