@@ -31,7 +31,8 @@ RECIPES = REPO / "scripts" / "cluster"
 FAKE_SRUN = r"""#!/usr/bin/env bash
 # srun on one machine: the command runs --ntasks times here, each copy one "node", started 3 s apart
 # (two `ray start` at once on one machine can pick the same free port); signals passed on; a task
-# that fails ends the others, as --kill-on-bad-exit.
+# that fails ends the others, as --kill-on-bad-exit. Each `ray start` gets its own dashboard agent
+# port, as separate machines would have: the default (52365) is one port for every node.
 n=1
 while (( $# )); do
   case $1 in
@@ -45,7 +46,12 @@ done
 pids=()
 trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM INT
 for ((i = 0; i < n; i++)); do
-  "$@" &
+  if [[ "$1 $2" == "ray start" ]]; then
+    port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "$@" --dashboard-agent-listen-port="$port" &
+  else
+    "$@" &
+  fi
   pids+=($!)
   if (( i + 1 < n )); then sleep 3; fi
 done
