@@ -69,11 +69,13 @@ def connect(address: str | None):
 
     try:
         return JobSubmissionClient(address)
-    except (ConnectionError, OSError, RuntimeError) as err:
+    except (ConnectionError, OSError) as err:
         raise ClusterError(
             f"--address: cannot reach the Ray dashboard at {address} ({type(err).__name__}); is the head "
             "up with its dashboard (`ray start --head --include-dashboard true`, needs ray[default])?"
         ) from None
+    except RuntimeError as err:  # it answered: a refusal (token authentication), a version it cannot use
+        raise ClusterError(f"--address: the Ray dashboard at {address} refused: {_reason(err)}") from None
 
 
 def _env_address() -> str | None:

@@ -108,6 +108,17 @@ def test_replicas_spread_over_worker_nodes_each_with_its_gpu(cluster, tmp_path):
     assert {r["replica"].split("gpus=")[1] for r in rows} == {"0"}, "each node's own single GPU"
 
 
+def test_gpus_per_replica_is_honoured_per_node(cluster, tmp_path):
+    """2 GPUs per replica on nodes of 2 and 1 GPUs: one replica, on the 2-GPU node, holding both."""
+    add_workers(cluster, [2, 1])
+    proc, out = start_job(cluster, tmp_path, "placement.gpus_per_replica=2")
+    summary = finish(proc, tmp_path)
+    rows = assert_every_row_once(out)
+    assert summary["replicas"] == 1 and summary["gpus_per_replica"] == 2
+    assert len({node_of(r) for r in rows}) == 1
+    assert {r["replica"].split("gpus=")[1] for r in rows} <= {"0,1", "1,0"}
+
+
 def test_worker_node_killed_mid_job_the_job_finishes_every_row_once(cluster, tmp_path):
     """Two GPUs per node, one replica each: the lost node's replica restarts on the other node's free GPU."""
     nodes = add_workers(cluster, [2, 2])

@@ -141,8 +141,6 @@ def test_the_drivers_own_exit_code_comes_back(cluster_a, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["list", "--address", "head:6379"], "--address: 'head:6379' is not a Ray dashboard address"),
-        (["list", "--address", "http://127.0.0.1:1"], "--address: cannot reach the Ray dashboard"),
         (["status", "runner-nope-1"], "job 'runner-nope-1': no such job on this cluster"),
         (["logs", "runner-nope-1"], "job 'runner-nope-1': no such job on this cluster"),
         (["stop", "runner-nope-1"], "job 'runner-nope-1': no such job on this cluster"),
@@ -150,13 +148,27 @@ def test_the_drivers_own_exit_code_comes_back(cluster_a, tmp_path):
         (["submit", "/etc/hostname"], "top level must be a mapping"),
     ],
 )
-def test_bad_address_or_id_is_one_line_exit_2(cluster_a, args, message):
+def test_unknown_id_or_bad_job_is_one_line_exit_2(cluster_a, args, message):
     if "--address" not in args:
         args = [*args, "--address", cluster_a]
     done = runner(*args, timeout=60)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("head:6379", "--address: 'head:6379' is not a Ray dashboard address"),
+        ("ray://head:10001", "--address: 'ray://head:10001' is not a Ray dashboard address"),
+        (f"http://127.0.0.1:{free_port()}", "--address: cannot reach the Ray dashboard at http://127.0.0.1:"),
+    ],
+)
+def test_bad_or_unreachable_address_is_one_line_exit_2(address, message):
+    done = runner("list", "--address", address, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
 
 
 def long_input(folder: Path, n: int = 160) -> Path:
