@@ -46,6 +46,10 @@ def start_cluster(workers: list[int], cpus: int = 2):
     from ray.cluster_utils import Cluster
 
     port = free_port()
+    # The job's `python` is the one on the cluster's PATH: this environment's, as on a real head node.
+    venv = str(Path(sys.executable).parent)
+    if not os.environ["PATH"].startswith(venv + os.pathsep):
+        os.environ["PATH"] = venv + os.pathsep + os.environ["PATH"]
     head = {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": True}
     head |= {"dashboard_host": "127.0.0.1", "dashboard_port": port}
     # Each node's dashboard agent on its own port: the fixed default (52365) would clash between the
