@@ -320,7 +320,10 @@ class RetryConfig(_Strict):
         3, ge=0, description="times Ray restarts a dead replica (model reloaded) before the job fails"
     )
     task_retries: int = Field(
-        3, ge=0, description="times a batch whose replica died is run again on a restarted replica"
+        3,
+        ge=0,
+        description="0: a batch whose replica died fails the job; else it runs again on the restarted "
+        "replica while that has restarts left (a lost node makes many retries: runner.cluster)",
     )
 
 

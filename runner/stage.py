@@ -51,9 +51,19 @@ def result_schema(n: int) -> pa.Schema:
 
 
 def replica_label() -> str:
-    """host:pid and the GPUs Ray gave this process (CUDA_VISIBLE_DEVICES)."""
+    """host:pid, the Ray node (first 8 hex digits of its id: nodes of one host differ there) and the
+    GPUs Ray gave this process (CUDA_VISIBLE_DEVICES)."""
     gpus = os.environ.get("CUDA_VISIBLE_DEVICES") or "-"
-    return f"{socket.gethostname()}:{os.getpid()} gpus={gpus}"
+    return f"{socket.gethostname()}:{os.getpid()} node={_node_id()} gpus={gpus}"
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()[:8] if ray.is_initialized() else "-"
+    except Exception:  # noqa: BLE001 - a label, never a reason to fail
+        return "-"
 
 
 def set_cpu_threads(share: int) -> int:

@@ -13,6 +13,16 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def add_address(p: argparse.ArgumentParser) -> None:
+    """--address: the Ray dashboard of the cluster the job commands talk to."""
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="URL",
+        help="Ray dashboard, e.g. http://HEAD:8265 (default: RAY_ADDRESS if it is one, else http://127.0.0.1:8265)",
+    )
+
+
 def add_job_options(p: argparse.ArgumentParser, output_help: str = "") -> None:
     """The options of a command that runs a job from a config: --set, --output, --overwrite,
     --max-error-rate (then add_common)."""
