@@ -183,3 +183,33 @@ def test_a_live_holder_in_another_pid_namespace_on_this_host_is_not_taken_over(t
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_rows_sharing_an_id_in_one_batch_never_get_each_others_generation(tiny_model):
+    """The stage keys results by each row's own request: the first row with an id generates, every
+    later one is an error row naming the id (earlier, IndexError: the whole batch failed)."""
+    import pyarrow as pa
+
+    from runner.config import build_config
+    from runner.stage import GenerationStage
+
+    cfg = build_config(
+        {
+            "model": {"path": tiny_model, "dtype": "float32"},
+            "data": {"source": "unused.jsonl"},
+            "sampling": {"max_new_tokens": 6},
+            "batching": {"strategy": "padded"},
+        }
+    )
+    stage = GenerationStage(cfg)
+    prompts = ["Hello", "x", "What is the capital of France?", "東京 서울", "List five primes"]
+    alone = {r["prompt"]: r for r in stage(pa.table({"id": list("vwxyz"), "prompt": prompts})).to_pylist()}
+    out = stage(pa.table({"id": ["a", "b", "a", "b", "a"], "prompt": prompts})).to_pylist()
+    assert [r["id"] for r in out] == ["a", "b", "a", "b", "a"] and [r["prompt"] for r in out] == prompts
+    for row in out[:2]:  # the first row of each id: its own prompt's generation
+        want = alone[row["prompt"]]
+        assert (row["generation"], row["error"]) == (want["generation"], None)
+        assert row["generated_tokens"] == want["generated_tokens"]
+    for row in out[2:]:
+        assert row["generation"] is None and row["error_kind"] == "row" and row["generated_tokens"] == 0
+        assert row["error"].startswith(f"duplicate id {row['id']!r}")
