@@ -102,7 +102,8 @@ def test_eight_drivers_started_at_once_exactly_one_runs_each_round(tmp_path):
 def run_with_frozen_holder(out: Path, point: str) -> tuple[int, str]:
     """A holds the directory and stops at `point`; once its lease is stale B takes over and finishes;
     then A resumes. Returns A's exit code and output, after checking A wrote nothing more."""
-    first = start(out, "--freeze", point, "--timeout", str(TIMEOUT), "--work", "0.02")
+    # Generation outlasts the first heartbeat (0.25 s), so a heartbeat freezes a driver with work left.
+    first = start(out, "--freeze", point, "--timeout", str(TIMEOUT), "--work", "0.1")
     try:
         wait_frozen(first, point)
         time.sleep(TIMEOUT + 0.3)
@@ -213,3 +214,27 @@ def test_rows_sharing_an_id_in_one_batch_never_get_each_others_generation(tiny_m
     for row in out[2:]:
         assert row["generation"] is None and row["error_kind"] == "row" and row["generated_tokens"] == 0
         assert row["error"].startswith(f"duplicate id {row['id']!r}")
+
+
+def test_a_holder_frozen_inside_a_heartbeat_and_resumed_while_the_new_holder_runs_changes_nothing(tmp_path):
+    """The heartbeat's write lands after a takeover, while the new holder is still at work: it must
+    not touch the new holder's lease (which would stop the new holder, or let both write)."""
+    out = tmp_path / "out"
+    first = start(out, "--freeze", "heartbeat", "--timeout", str(TIMEOUT), "--work", "0.1")
+    try:
+        wait_frozen(first, "heartbeat")
+        time.sleep(TIMEOUT + 0.3)
+        second = start(out, "--timeout", str(TIMEOUT), "--work", "0.15")  # runs about 2 s
+        deadline = time.monotonic() + 30
+        while not list(out.glob("part-*.parquet")):  # the new holder is at work
+            assert time.monotonic() < deadline and second.poll() is None
+            time.sleep(0.01)
+        os.kill(first.pid, signal.SIGCONT)
+        assert finish(first)[0] == 1
+        code, text = finish(second)
+        assert code == 0, text
+    finally:
+        first.kill()
+        first.wait()
+    assert_every_row_once(out)
+    assert json.loads((out / "_job.json").read_text())["pid"] == second.pid

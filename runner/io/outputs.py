@@ -1,9 +1,9 @@
 """The output directory: numbered Parquet part files plus a job summary.
 
 Layout: ``<out>/part-00000.parquet``, ``part-00001.parquet``, ... and ``<out>/_job.json``.
-Each part is written under a dot-prefixed temp name unique to its writer and renamed into place
-(never over an existing part), so readers never see a partial file and every part that exists is
-committed. On a local disk the part is fsynced before the rename and the directory after it, so a
+Each part is written under a dot-prefixed temp name unique to its writer and linked into place
+(never over an existing part), so readers never see a partial file; which parts count for the job
+(a superseded lease holder's late part does not) is `runner.io.catalogue`'s. On a local disk the part is fsynced before the rename and the directory after it, so a
 committed part survives a power loss or a lost node, not only a killed process. The summary starts with ``_``
 because pyarrow's (and so pandas') directory discovery skips ``.``/``_`` names but fails on
 any other non-Parquet file such as ``job.json``. Those three kinds of names are the runner's own
