@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 
 from runner.errors import OutputError
 from runner.io.durable import atomic_write
-from runner.io.lease import Holder, Lease
+from runner.io.holder import Holder
+from runner.io.lease import Lease
 
 PART_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 GENERATION_KEY = b"runner.lease_generation"

@@ -38,11 +38,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 
 import pyarrow.fs as pafs
 
 from runner.errors import OutputError
+from runner.io.holder import Holder, this_machine
 
 log = logging.getLogger(__name__)
 
@@ -60,62 +61,6 @@ class LeaseLost(OutputError):
     """Another driver took this directory's lease over: this one must stop writing."""
 
     exit_code = 1
-
-
-def _this_machine() -> tuple[str, str]:
-    """(boot id, pid namespace) of this process; '' where the system does not say (not Linux)."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as handle:
-            boot = handle.read().strip()
-    except OSError:
-        boot = ""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        namespace = ""
-    return boot, namespace
-
-
-@dataclass(frozen=True)
-class Holder:
-    """What a lease file says about who holds it."""
-
-    host: str
-    pid: int
-    started: float
-    heartbeat: float
-    token: str
-    generation: int = 0
-    boot_id: str = ""
-    pid_ns: str = ""
-    released: bool = False
-    sealed: list = field(default_factory=list)  # committed parts when taken: runner.io.catalogue
-
-    def live(self, now: float, timeout_s: float) -> bool:
-        return not self.released and now - self.heartbeat <= timeout_s and not self.dead()
-
-    def dead(self) -> bool:
-        """Known dead: a process of this very pid namespace (same host, boot and namespace) that no
-        longer exists. Any other holder is judged by its heartbeat only: its pid means nothing here."""
-        boot, namespace = _this_machine()
-        same = (self.host, self.boot_id, self.pid_ns) == (socket.gethostname(), boot, namespace)
-        if not same or not boot or not namespace or self.pid <= 0:
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # alive, another user's
-            return False
-        try:  # killed but not yet reaped by its parent: a zombie holds nothing
-            with open(f"/proc/{self.pid}/stat") as stat:
-                return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-        except (OSError, IndexError):
-            return False
-
-    def describe(self, now: float) -> str:
-        start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started))
-        return f"host {self.host} pid {self.pid}, started {start}, last heartbeat {now - self.heartbeat:.0f}s ago"
 
 
 class Lease:
@@ -182,9 +127,11 @@ class Lease:
             self._thread.join(timeout=5)
         try:
             self.check()
+            self._write(lease_name(self.generation), replace(self._mine(), released=True))
         except LeaseLost:
             return
-        self._write(lease_name(self.generation), replace(self._mine(), released=True))
+        except OSError as err:  # the lease then ends by its timeout
+            log.warning("output lease not released: %s", err)
 
     def __enter__(self) -> Lease:
         return self.acquire()
@@ -239,7 +186,7 @@ class Lease:
             return replace(holder, heartbeat=max(holder.heartbeat, touched))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):  # other OSErrors (a storage hiccup) are raised
             return Holder("?", 0, 0.0, touched, "", generation=generation)
 
     def _refuse_legacy_holder(self) -> None:
@@ -257,14 +204,15 @@ class Lease:
         )
 
     def _holder(self, generation: int, sealed: list) -> Holder:
-        boot, namespace = _this_machine()
+        boot, namespace = this_machine()
         host, now = socket.gethostname(), time.time()
         return Holder(
             host, os.getpid(), self.started, now, self.token, generation, boot, namespace, False, sealed
         )
 
     def _mine(self) -> Holder:
-        return replace(self.read(self.generation), heartbeat=time.time())
+        written = self.read(self.generation) or self._holder(self.generation, [])
+        return replace(written, heartbeat=time.time())
 
     def _create(self, generation: int, holder: Holder) -> bool:
         """Create generation's file, complete, only if no file has that name; False when one has."""
