@@ -225,3 +225,17 @@ def test_two_real_drivers_on_one_directory_one_runs_the_other_exits_2(tmp_path):
     assert summary["output_ids_distinct"] == 16 and summary["status"] == "done"
     leases = list((tmp_path / "out").glob("_lease.*.json"))
     assert len(leases) == 1 and json.loads(leases[0].read_text())["released"] is True
+
+
+def test_without_exclusive_create_the_lease_is_written_then_read_back(tmp_path):
+    """The object-store path (no link, no O_EXCL), on a filesystem that is not pyarrow's LocalFileSystem."""
+    fs = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    first = Lease(fs, "out", timeout_s=3, heartbeat_s=0.2).acquire()
+    with pytest.raises(OutputError, match="is in use by another run"):
+        Lease(fs, "out", timeout_s=3).acquire()
+    first._beat_once()  # the heartbeat rewrites its own file there: no mtime to touch
+    first.check()
+    first.release()
+    second = Lease(fs, "out", timeout_s=3).acquire()
+    assert second.generation == 2 and sorted(os.listdir(tmp_path / "out")) == [lease_name(2)]
+    second.release()

@@ -183,7 +183,8 @@ class Lease:
                 data = json.loads(stream.read())
             fields = {k: data[k] for k in Holder.__dataclass_fields__ if k in data}
             holder = Holder(**fields)
-            return replace(holder, heartbeat=max(holder.heartbeat, touched))
+            # The name, not the content, says which generation a file is.
+            return replace(holder, heartbeat=max(holder.heartbeat, touched), generation=generation)
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError):  # other OSErrors (a storage hiccup) are raised
