@@ -239,3 +239,22 @@ def test_without_exclusive_create_the_lease_is_written_then_read_back(tmp_path):
     second = Lease(fs, "out", timeout_s=3).acquire()
     assert second.generation == 2 and sorted(os.listdir(tmp_path / "out")) == [lease_name(2)]
     second.release()
+
+
+def test_output_of_an_earlier_version_resumes_and_counts_whole(tmp_path):
+    """Parts without a lease generation and a stale `_lease.json`: all count, and stay counted once a
+    new lease seals them."""
+    out = tmp_path / "out"
+    with outputs.PartWriter(str(out), 2) as writer:  # as earlier versions wrote them
+        writer.write(result_table(0, 3))
+    old = {"host": "gpu-node-7", "pid": 1, "started": 0, "heartbeat": 0, "token": "abc"}
+    (out / "_lease.json").write_text(json.dumps(old))
+    os.utime(out / "_lease.json", (0, 0))
+    job_dir = JobDir(str(out)).lease(timeout_s=30).acquire()
+    assert not (out / "_lease.json").exists()
+    assert sorted(job_dir.done_ids().to_pylist()) == [f"{i:08d}" for i in range(3)]
+    with job_dir.writer(2) as writer:
+        writer.write(result_table(3, 2))
+    assert job_dir.counts() == (5, 0) and job_dir.catalogue.zombies() == []
+    job_dir.release()
+    assert JobDir(str(out)).distinct_ids() == 5

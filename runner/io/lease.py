@@ -108,6 +108,7 @@ class Lease:
                 continue  # another driver took this generation first: look again
             newest = self.generations()[-1]
             if newest != number:  # a higher one appeared that our listing missed: not ours
+                self.fs.delete_file(f"{self.root}/{lease_name(number)}")  # ours, and superseded
                 raise self._in_use(self.read(newest))
             self.generation = number
             self._tidy(number)
