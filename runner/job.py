@@ -159,7 +159,8 @@ class Job:
         def finish(status: str) -> dict:
             with signals.hold():
                 if status != "running":
-                    self._settle()
+                    marked = min(self._settle(), stats.rows_ok)  # this run's rows, now error rows
+                    stats.rows_ok, stats.rows_error = stats.rows_ok - marked, stats.rows_error + marked
                 summary = self._summary(pool, stats, status, restarts.count())
                 self.dir.write_summary(summary)  # fenced: a run that lost its lease writes none
             return summary
@@ -188,13 +189,14 @@ class Job:
         self._commit_rest(writer, signals)
         return finish("done")
 
-    def _settle(self) -> None:
+    def _settle(self) -> int:
         """Before the final summary: repeated ids become error rows (a streamed input meets its
-        duplicates only here), and parts a superseded holder linked late are removed."""
+        duplicates only here; returns how many), and parts a superseded holder linked late go."""
         marked = self.dir.mark_duplicate_ids()
         if marked:
             log.warning("%d row(s) repeat an earlier row's id: written as error rows naming the id", marked)
         self.dir.sweep()
+        return marked
 
     @staticmethod
     def _commit_rest(writer, signals: StopSignals) -> None:

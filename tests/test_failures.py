@@ -273,6 +273,7 @@ def test_a_streamed_input_with_duplicate_ids_gives_every_row_its_own_prompts_gen
         assert bad[0]["generation"] is None and bad[0]["error_kind"] == "row"
         assert bad[0]["error"].startswith(f"duplicate id {key!r}")
     assert (summary["status"], summary["output_rows"], summary["output_rows_error"]) == ("done", 24, 12)
+    assert (summary["rows_ok"], summary["rows_error"]) == (12, 12)
     assert summary["output_ids_distinct"] == 12
 
 
