@@ -20,6 +20,7 @@ from runner.engine import Completion, Request
 from runner.engine.types import Progress
 from runner.errors import ConfigError, first_line
 from runner.extra_outputs import ExtraColumns
+from runner.io.catalogue import duplicate_id_error
 from runner.io.outputs import INPUT_ERROR, OUTPUT_COLUMNS
 from runner.prompts import PromptBuilder, RowError
 from runner.row_options import RowOptions
@@ -111,6 +112,18 @@ def readable_rows(batch: pa.Table) -> list[dict]:
     return rows
 
 
+def refuse_repeated_ids(rows: list[_Row]) -> list[_Row]:
+    """Rows after the first with an id another row of the batch has become error rows naming it: the
+    engine matches completions to requests by id, so two requests must never share one. (Repeats in
+    different batches meet in the output: `runner.io.catalogue.Catalogue.mark_duplicates`.)"""
+    seen: set[str] = set()
+    for row in rows:
+        if row.id in seen and row.error is None:
+            row.error, row.request = duplicate_id_error(row.id), None
+        seen.add(row.id)
+    return rows
+
+
 def _unconvertible(column: pa.ChunkedArray) -> bool:
     try:
         column.to_pylist()
@@ -153,7 +166,7 @@ class GenerationStage:
             set_cpu_threads(self.cpu_threads)
         # Announced before tokenizing: batches in flight on this replica are planned together.
         with self.engine.announce():
-            rows = [self._prepare_safely(row) for row in readable_rows(batch)]
+            rows = refuse_repeated_ids([self._prepare_safely(row) for row in readable_rows(batch)])
             requests = [r.request for r in rows if r.request is not None]
             done, isolated = {}, set()
             self._generate(requests, done, isolated)
@@ -258,7 +271,8 @@ class GenerationStage:
         n = self.cfg.sampling.n
         columns = {name: [] for name in RESULT_FIELDS}
         for row in rows:
-            c = done.get(row.id)
+            # Keyed by the row's own request: a row that sent none (a repeated id) gets no completion.
+            c = done.get(row.request.id) if row.request is not None else None
             error = row.error or (c.error if c is not None else "engine returned no result")
             # A row's own fault (input, prompt, context, a row that fails alone) or the engine's.
             kind = None if not error else ("row" if row.error or row.id in isolated else "engine")
