@@ -23,17 +23,19 @@ def add_address(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_set(
+    p: argparse.ArgumentParser, help: str = "override a config value, e.g. --set sampling.max_new_tokens=64"
+) -> None:
+    """--set KEY.PATH=VALUE (repeatable), collected in `args.overrides`."""
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help=help
+    )
+
+
 def add_job_options(p: argparse.ArgumentParser, output_help: str = "") -> None:
     """The options of a command that runs a job from a config: --set, --output, --overwrite,
     --max-error-rate (then add_common)."""
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a config value, e.g. --set sampling.max_new_tokens=64",
-    )
+    add_set(p)
     p.add_argument("--output", help="output directory (same as --set output.path=DIR)" + output_help)
     p.add_argument(
         "--overwrite",

@@ -31,14 +31,7 @@ def add_parser(sub) -> None:
         help="prompt length to plan rows for (default 1024)",
     )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a config value, e.g. --set model.quantization.mode=4bit",
-    )
+    options.add_set(p, help="override a config value, e.g. --set model.quantization.mode=4bit")
     options.add_common(p)
 
 

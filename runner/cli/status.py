@@ -11,14 +11,7 @@ from runner.cli import options
 def add_parser(sub) -> None:
     p = sub.add_parser("status", help="show a submitted job's status (by submission id or config)")
     p.add_argument("job", nargs="?", help="submission id, or the job's config (its latest attempt)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="with a config: the same overrides it was submitted with",
-    )
+    options.add_set(p, help="with a config: the same overrides it was submitted with")
     p.add_argument("--output", help="with a config: the --output it was submitted with")
     p.add_argument("--kind", choices=["run", "eval"], default="run", help="with a config: its job kind")
     options.add_address(p)
