@@ -84,6 +84,22 @@ def gpus_per_node() -> list[int]:
     return [int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
 
 
+def hardware(gpu_memory: int | None = None):
+    """The alive nodes as the planner sees them (runner.planning.hardware): GPUs, GPU memory (given,
+    else each node's `gpu-memory` label or accelerator type), CPU memory (Ray's `memory` resource)."""
+    import ray
+
+    from runner.planning.hardware import Hardware, Node, node_gpu_memory
+
+    nodes = []
+    for n in (n for n in ray.nodes() if n.get("Alive")):
+        res = n.get("Resources", {})
+        memory = gpu_memory or node_gpu_memory(n.get("Labels") or {}, res)
+        nodes.append(Node(int(res.get("GPU", 0)), memory, int(res["memory"]) if res.get("memory") else None))
+    gpus = sum(n.gpus for n in nodes)
+    return Hardware(tuple(nodes), f"Ray cluster: {len(nodes)} node(s), {gpus} GPU")
+
+
 def plan_pool(placement: PlacementConfig, node_gpus: list[int]) -> Pool:
     """Replicas and per-replica resources for this cluster; ConfigError when it cannot fit."""
     total, largest = sum(node_gpus), max(node_gpus, default=0)
@@ -106,10 +122,15 @@ def plan_pool(placement: PlacementConfig, node_gpus: list[int]) -> Pool:
 def replica_remote_args(cfg: RetryConfig) -> dict:
     """Ray actor options for the replicas: a dead replica is restarted and its batches rerun, boundedly.
 
-    Ray Data's own default is unbounded (-1), which turns a replica that always crashes (a poison
-    batch, a model that cannot fit) into a job that never ends.
+    Ray Data's own default is unbounded (-1) restarts, which turns a replica that always crashes (a
+    poison batch, a model that cannot fit) into a job that never ends: restarts stay bounded here.
+    A batch's reruns are bounded by those restarts (a batch runs on one replica, and each crash of it
+    uses a restart), so Ray's own task retry count is left unbounded unless `task_retries` is 0. A
+    bounded count does not survive a lost node: each retry sent to the unreachable replica before
+    Ray declares the node dead (seconds, its health checks) counts, and the count ran out before the
+    replica was restarted elsewhere (measured in tests/test_multinode.py; ray#59522 is that failure).
     """
-    return {"max_restarts": cfg.replica_restarts, "max_task_retries": cfg.task_retries}
+    return {"max_restarts": cfg.replica_restarts, "max_task_retries": -1 if cfg.task_retries else 0}
 
 
 class RestartCounter:

@@ -328,3 +328,53 @@ def json_strings_without_controls(grammar):
     return (
         xgr.Grammar.from_ebnf(text.replace(_LENGTH_CHARS, _JSON_CHARS)) if _LENGTH_CHARS in text else grammar
     )
+
+
+# --- transformers + accelerate: sizing and placing a model without weights (runner.planning) -------------
+
+
+def quantizer_for(quantization_config):
+    """transformers' quantizer for a `BitsAndBytesConfig`, as from_pretrained builds it
+    (`quantizers.auto.AutoHfQuantizer.from_config`). Why undocumented: from_pretrained builds and uses it
+    internally; the planner needs the same object to leave out the modules bitsandbytes skips and to
+    size quantized weights. Checked: transformers 5.23.0, 5.24.0."""
+    from transformers.quantizers.auto import AutoHfQuantizer
+
+    return AutoHfQuantizer.from_config(quantization_config, pre_quantized=False)
+
+
+def quantize_skeleton(quantizer, model, dtype) -> None:
+    """Swap a meta-device model's linear layers for the quantizer's, as loading does
+    (`HfQuantizer.preprocess_model`). Checked: transformers 5.23.0, 5.24.0."""
+    quantizer.preprocess_model(
+        model=model, dtype=dtype, device_map=None, checkpoint_files=None, use_kernels=False
+    )
+
+
+def module_sizes(model, quantizer) -> dict[str, int]:
+    """Bytes of every module, parameter and buffer of a (meta) model for the quantizer's element sizes:
+    accelerate's `compute_module_sizes` in the copy transformers 5 loads with
+    (`integrations.accelerate`, which takes the quantizer). Checked: transformers 5.23.0, 5.24.0."""
+    from transformers.integrations.accelerate import compute_module_sizes
+
+    return {k: int(v) for k, v in compute_module_sizes(model, quantizer, only_modules=False)[0].items()}
+
+
+def no_split_modules(model) -> list[str]:
+    """The layer classes a device map must not split (`_no_split_modules`). Checked: transformers 5.23.0, 5.24.0."""
+    return list(getattr(model, "_no_split_modules", None) or [])
+
+
+def auto_device_map(model, max_memory: dict, quantizer) -> dict:
+    """The device map `device_map="auto"` computes for these caps: transformers' copies of accelerate's
+    `get_balanced_memory` + `infer_auto_device_map`, with the quantizer's `adjust_max_memory` between
+    them, as from_pretrained does. Checked: transformers 5.23.0, 5.24.0 (accelerate 1.16.0)."""
+    from transformers.integrations.accelerate import get_balanced_memory, infer_auto_device_map
+
+    no_split = no_split_modules(model)
+    caps = get_balanced_memory(model, dict(max_memory), no_split, hf_quantizer=quantizer)
+    if quantizer is not None:
+        caps = quantizer.adjust_max_memory(caps)
+    return infer_auto_device_map(
+        model, max_memory=caps, no_split_module_classes=no_split, hf_quantizer=quantizer
+    )

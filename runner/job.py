@@ -33,6 +33,7 @@ from runner.errors import ConfigError, JobFailed
 from runner.io.lease import LeaseLost
 from runner.io.stream import StreamedInput, open_input
 from runner.jobdir import JobDir
+from runner.planning.start import start_check
 from runner.progress import Progress
 from runner.signals import Interrupted, StopSignals
 from runner.summary import JobStats, build_summary
@@ -126,6 +127,7 @@ class Job:
             with self.dir.lease(self.cfg.output.lease_timeout_s):
                 self.check_output(overwrite)
                 cluster.connect(self.cfg.ray)
+                self.cfg = start_check(self.cfg, cluster.hardware())  # auto placement; "does not fit": exit 2
                 pool = cluster.plan_pool(self.cfg.placement, cluster.gpus_per_node())
                 if overwrite:  # only now, so a config that fails its checks destroys nothing
                     removed = self.dir.clear()
@@ -147,6 +149,7 @@ class Job:
                 summary = self._stream(pool, todo, stats, signals)
                 if self.on_done is not None:  # still under the lease: a kind's own files (eval's metrics)
                     with signals.hold():
+                        self.dir.fence()
                         self.on_done(summary)
         check_error_rate(summary, max_error_rate)
         return summary
@@ -156,9 +159,12 @@ class Job:
         restarts = cluster.RestartCounter()
 
         def finish(status: str) -> dict:
-            summary = self._summary(pool, stats, status, restarts.count())
             with signals.hold():
-                self.dir.write_summary(summary)
+                if status != "running":
+                    marked = min(self._settle(), stats.rows_ok)  # this run's rows, now error rows
+                    stats.rows_ok, stats.rows_error = stats.rows_ok - marked, stats.rows_error + marked
+                summary = self._summary(pool, stats, status, restarts.count())
+                self.dir.write_summary(summary)  # fenced: a run that lost its lease writes none
             return summary
 
         finish("running")  # before the first part: a killed run still says which config wrote them
@@ -185,6 +191,15 @@ class Job:
         self._commit_rest(writer, signals)
         return finish("done")
 
+    def _settle(self) -> int:
+        """Before the final summary: repeated ids become error rows (a streamed input meets its
+        duplicates only here; returns how many), and parts a superseded holder linked late go."""
+        marked = self.dir.mark_duplicate_ids()
+        if marked:
+            log.warning("%d row(s) repeat an earlier row's id: written as error rows naming the id", marked)
+        self.dir.sweep()
+        return marked
+
     @staticmethod
     def _commit_rest(writer, signals: StopSignals) -> None:
         # Buffered rows are finished results: commit them, so a rerun does not redo them.
@@ -195,9 +210,7 @@ class Job:
         rows, errors = self.dir.counts()
         extra = {}
         if status != "running":  # a full read of the ids: once, at the end
-            extra["output_ids_distinct"] = distinct = self.dir.distinct_ids()
-            if distinct < rows:  # a streamed input is not checked for duplicate ids before the run
-                log.warning("%d output rows but %d distinct ids: the input repeats ids", rows, distinct)
+            extra["output_ids_distinct"] = self.dir.distinct_ids()
         return build_summary(
             self.cfg,
             stats,

@@ -1,13 +1,16 @@
 """A job's output directory: the one home of what its files mean to a job.
 
-The directory is the job's state. `runner.io.outputs` knows how files are written (atomic Parquet
-parts, the summary document); this class knows what they mean for a job of any kind (generate,
-eval): whether the directory may be used, whether an earlier run in it had the same settings,
-which input rows are already done, how many rows and error rows it holds, and what `--overwrite`
-may remove. Job kinds talk to their output only through it.
+The directory is the job's state. `JobDir` owns its filesystem handle, its lease
+(`runner.io.lease`) and its catalogue of committed parts (`runner.io.catalogue`); `runner.io.outputs`
+knows how files are written (atomic Parquet parts, the summary document). This class knows what they
+mean for a job of any kind (generate, eval): whether the directory may be used, whether an earlier
+run in it had the same settings, which input rows are already done, how many rows and error rows it
+holds, and what `--overwrite` may remove. Job kinds talk to their output only through it.
 """
 
 from __future__ import annotations
+
+import logging
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -15,7 +18,11 @@ import pyarrow.compute as pc
 from runner.config import JobConfig
 from runner.errors import OutputError
 from runner.io import outputs
+from runner.io.catalogue import Catalogue
+from runner.io.durable import filesystem
 from runner.io.lease import Lease
+
+log = logging.getLogger(__name__)
 
 
 class Pending:
@@ -38,18 +45,59 @@ def not_done(batch: pa.Table, done: pa.Array) -> pa.Array:
 
 
 class JobDir:
-    """The output directory of one job (local path or pyarrow filesystem URI)."""
+    """The output directory of one job (local path or pyarrow filesystem URI): its filesystem, its
+    lease and its catalogue of committed parts, in one object.
+
+    While the lease is held (`acquire`), every write this object makes (parts, rewrites, the summary)
+    is fenced by it: the lease is read back right before the file is moved into place, and a part a
+    superseded holder links anyway never counts (`runner.io.catalogue`)."""
 
     def __init__(self, path: str):
         self.path = path
+        self.fs, self.root = filesystem(path)
+        self.catalogue = Catalogue(self.fs, self.root)
         self._lease: Lease | None = None
 
-    def lease(self, timeout_s: float = 120.0, heartbeat_s: float = 10.0) -> Lease:
-        """This directory's lease (one writer at a time); `acquire()` it before writing anything.
+    def lease(self, timeout_s: float = 120.0, heartbeat_s: float = 10.0) -> JobDir:
+        """Configure this directory's lease (one writer at a time); use as `with dir.lease(...):`.
 
         A second driver gets an `OutputError` naming the holder; a stale lease is taken over."""
-        self._lease = Lease(*outputs._filesystem(self.path), timeout_s=timeout_s, heartbeat_s=heartbeat_s)
-        return self._lease
+        self._lease = Lease(self.fs, self.root, timeout_s=timeout_s, heartbeat_s=heartbeat_s)
+        return self
+
+    def acquire(self) -> JobDir:
+        """Take the lease (sealing the parts that count now into it), then remove parts that a
+        superseded holder linked after it lost the lease."""
+        if self._lease is None:
+            self.lease()
+        self._lease.acquire(seal=self.catalogue.seal)
+        try:
+            swept = self.catalogue.sweep(self.fence)
+        except BaseException:
+            self._lease.release()
+            raise
+        if swept:
+            log.warning("output.path: removed %d part(s) written after their run lost its lease", len(swept))
+        return self
+
+    def release(self) -> None:
+        if self._lease is not None and self._lease.generation is not None:
+            self._lease.release()
+
+    def __enter__(self) -> JobDir:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def fence(self) -> None:
+        """Raise `LeaseLost` unless this run still holds the lease (a no-op when none is taken)."""
+        if self._lease is not None and self._lease.generation is not None:
+            self._lease.check()
+
+    @property
+    def generation(self) -> int | None:
+        return self._lease.generation if self._lease is not None else None
 
     def prepare(self) -> None:
         """Create it, check it is writable and remove temp files a crash left (ours only)."""
@@ -62,7 +110,7 @@ class JobDir:
         config's `result_sections` (a job kind's config adds its own, e.g. eval's scoring)."""
         previous = self.summary()
         if previous is None:
-            if outputs.has_parts(self.path):
+            if self.catalogue.numbers():
                 # Every run writes its summary before its first part: these parts are someone else's.
                 raise OutputError(
                     f"output.path: {self.path} holds part files but no {outputs.SUMMARY_NAME}, so not a "
@@ -80,6 +128,7 @@ class JobDir:
 
     def clear(self) -> list[str]:
         """`--overwrite`: delete the runner's own files (parts, temps, summary); return their names."""
+        self.fence()
         return outputs.PartWriter.remove_parts(self.path)
 
     def pending(self, table):
@@ -104,36 +153,51 @@ class JobDir:
 
     def done_ids(self) -> pa.Array:
         """Ids committed here, as one Arrow string array (no Python objects: 10 M ids fit in ~200 MB)."""
-        return outputs.committed_id_array(self.path)
+        return self.catalogue.ids()
 
     def writer(self, rows_per_file: int, flush_seconds: float | None = None) -> outputs.PartWriter:
-        """The part writer that appends this run's rows after the committed parts.
-
-        When this directory's lease is held, every commit first checks it is still ours."""
-        check = self._lease.check if self._lease is not None else None
-        return outputs.PartWriter(self.path, rows_per_file, flush_seconds=flush_seconds, before_commit=check)
+        """The part writer that appends this run's rows after the committed parts, each part tagged
+        with the lease's generation and fenced by it."""
+        return outputs.PartWriter(
+            self.path,
+            rows_per_file,
+            flush_seconds=flush_seconds,
+            fence=self.fence,
+            generation=self.generation,
+        )
 
     def drop_retryable_errors(self) -> int:
         """`--retry-errors`: remove committed error rows the infrastructure caused (error_kind engine),
         so they are pending again and this run generates them; return how many. Rows are dropped
         before they are generated again, each part rewritten atomically, so an id is never in two
         committed rows, whenever the run stops."""
-        return outputs.drop_rows(self.path, outputs.retryable_ids(self.path))
+        return self.catalogue.drop_rows(self.catalogue.retryable_ids(), self.fence)
+
+    def mark_duplicate_ids(self) -> int:
+        """Every committed row after the first with an id another row has becomes an error row naming
+        the id (`error_kind` row); return how many changed. A streamed input is not checked for
+        repeated ids before the run: its rows meet here, once they are committed."""
+        return self.catalogue.mark_duplicates(self.fence)
+
+    def sweep(self) -> list[str]:
+        """Remove parts a superseded holder linked after losing the lease (they never count)."""
+        return self.catalogue.sweep(self.fence)
 
     def distinct_ids(self) -> int:
         """How many distinct ids the committed parts hold (equals the row count unless ids repeat)."""
-        return outputs.distinct_id_count(self.path)
+        return self.catalogue.distinct_ids()
 
     def counts(self) -> tuple[int, int]:
         """(rows, error rows) over every committed part: all runs of a resumed job together."""
-        return outputs.error_counts(self.path)
+        return self.catalogue.counts()
 
     def summary(self) -> dict | None:
         """The summary document of the last run here, or None."""
         return outputs.read_summary(self.path)
 
     def write_summary(self, summary: dict) -> None:
-        outputs.write_summary(self.path, summary)
+        """Write `_job.json`, fenced: a run that lost the lease writes no summary."""
+        outputs.write_summary(self.path, summary, self.fence)
 
 
 def differing_settings(old: dict, new: dict, sections: tuple[str, ...], prefix: str = "") -> list[str]:

@@ -20,6 +20,7 @@ from runner.engine import Completion, Request
 from runner.engine.types import Progress
 from runner.errors import ConfigError, first_line
 from runner.extra_outputs import ExtraColumns
+from runner.io.catalogue import duplicate_id_error
 from runner.io.outputs import INPUT_ERROR, OUTPUT_COLUMNS
 from runner.prompts import PromptBuilder, RowError
 from runner.row_options import RowOptions
@@ -52,9 +53,19 @@ def result_schema(n: int) -> pa.Schema:
 
 
 def replica_label() -> str:
-    """host:pid and the GPUs Ray gave this process (CUDA_VISIBLE_DEVICES)."""
+    """host:pid, the Ray node (first 8 hex digits of its id: nodes of one host differ there) and the
+    GPUs Ray gave this process (CUDA_VISIBLE_DEVICES)."""
     gpus = os.environ.get("CUDA_VISIBLE_DEVICES") or "-"
-    return f"{socket.gethostname()}:{os.getpid()} gpus={gpus}"
+    return f"{socket.gethostname()}:{os.getpid()} node={_node_id()} gpus={gpus}"
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()[:8] if ray.is_initialized() else "-"
+    except Exception:  # noqa: BLE001 - a label, never a reason to fail
+        return "-"
 
 
 def set_cpu_threads(share: int) -> int:
@@ -110,6 +121,18 @@ def readable_rows(batch: pa.Table) -> list[dict]:
     return rows
 
 
+def refuse_repeated_ids(rows: list[_Row]) -> list[_Row]:
+    """Rows after the first with an id another row of the batch has become error rows naming it: the
+    engine matches completions to requests by id, so two requests must never share one. (Repeats in
+    different batches meet in the output: `runner.io.catalogue.Catalogue.mark_duplicates`.)"""
+    seen: set[str] = set()
+    for row in rows:
+        if row.id in seen and row.error is None:
+            row.error, row.request = duplicate_id_error(row.id), None
+        seen.add(row.id)
+    return rows
+
+
 def _unconvertible(column: pa.ChunkedArray) -> bool:
     try:
         column.to_pylist()
@@ -152,7 +175,7 @@ class GenerationStage:
             set_cpu_threads(self.cpu_threads)
         # Announced before tokenizing: batches in flight on this replica are planned together.
         with self.engine.announce():
-            rows = [self._prepare_safely(row) for row in readable_rows(batch)]
+            rows = refuse_repeated_ids([self._prepare_safely(row) for row in readable_rows(batch)])
             requests = [r.request for r in rows if r.request is not None]
             done, isolated = {}, set()
             self._generate(requests, done, isolated)
@@ -258,7 +281,8 @@ class GenerationStage:
         n = self.cfg.sampling.n
         columns = {name: [] for name in RESULT_FIELDS}
         for row in rows:
-            c = done.get(row.id)
+            # Keyed by the row's own request: a row that sent none (a repeated id) gets no completion.
+            c = done.get(row.request.id) if row.request is not None else None
             error = row.error or (c.error if c is not None else "engine returned no result")
             # A row's own fault (input, prompt, context, a row that fails alone) or the engine's.
             kind = None if not error else ("row" if row.error or row.id in isolated else "engine")

@@ -86,16 +86,24 @@ def test_continuous_manager_state_is_readable(continuous):
     assert compat.manager_cache_built(manager), broke("ContinuousBatchingManager.batch_processor")
 
 
-def test_per_sequence_attention_is_reached_by_continuous_batching(continuous):
+def test_per_sequence_attention_is_reached_by_continuous_batching(tiny_model):
     """transformers 5.23 passed the paged cache to attention functions, 5.24 updates it in the layer:
-    our per-sequence attention must be reached under whichever convention is installed."""
-    from runner.engine import Request, paged_attention
+    our per-sequence attention must be reached under whichever convention is installed, for the layers
+    it is used for (every layer on 5.23; eager layers on 5.24, where plain SDPA is transformers' own)."""
+    from runner.engine import Engine, Request, paged_attention
 
-    before = paged_attention.calls
-    prompts = continuous.tokenize(["Hello there", "The quick brown fox jumps over the lazy dog"])
-    done = continuous.generate([Request(f"r{i}", p, 4) for i, p in enumerate(prompts)])
-    assert all(c.error is None for c in done)
-    assert paged_attention.calls > before, broke("the paged attention calling convention (packed_call)")
+    for attention in ("eager", "sdpa"):
+        batching = BatchingConfig(strategy="continuous", token_budget=4096, max_batch_size=8)
+        model = ModelConfig(path=tiny_model, dtype="float32", attention=attention)
+        engine = Engine(model, SamplingConfig(max_new_tokens=4), batching)
+        before = paged_attention.calls
+        prompts = engine.tokenize(["Hello there", "The quick brown fox jumps over the lazy dog"])
+        done = engine.generate([Request(f"r{i}", p, 4) for i, p in enumerate(prompts)])
+        engine.close()
+        assert all(c.error is None for c in done)
+        ours = paged_attention.calls > before
+        expected = attention == "eager" or not compat.at_least("transformers", "5.24")
+        assert ours == expected, broke(f"the paged attention calling convention ({attention}: packed_call)")
 
 
 def test_packed_call_recognises_only_continuous_batching_calls():
@@ -171,3 +179,30 @@ def test_json_length_strings_exclude_control_characters():
     )
     assert compat._LENGTH_CHARS not in fixed, broke("Grammar.from_ebnf", "xgrammar")
     assert compat._JSON_CHARS in fixed, broke("Grammar.from_ebnf", "xgrammar")
+
+
+def test_meta_model_sizing_and_placement_as_loading_does():
+    """The planner's private transformers/accelerate calls (runner.planning.weights)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4
+    )
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    sizes = compat.module_sizes(model, None)
+    params = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    assert sizes[""] == params, broke("integrations.accelerate.compute_module_sizes")
+    assert compat.no_split_modules(model) == ["LlamaDecoderLayer"], broke("PreTrainedModel._no_split_modules")
+    placed = compat.auto_device_map(model, {0: sizes[""] // 2, "cpu": 10 * sizes[""]}, None)
+    assert set(placed.values()) == {0, "cpu"}, broke("integrations.accelerate.infer_auto_device_map")
+    quantizer = compat.quantizer_for(BitsAndBytesConfig(load_in_4bit=True))
+    with init_empty_weights(include_buffers=False):
+        quantized = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    compat.quantize_skeleton(quantizer, quantized, torch.float32)
+    kinds = {type(m).__name__ for m in quantized.modules()}
+    assert "Linear4bit" in kinds, broke("HfQuantizer.preprocess_model")
+    assert compat.module_sizes(quantized, quantizer)[""] < sizes[""] / 2, broke(
+        "compute_module_sizes(quantizer)"
+    )

@@ -20,6 +20,9 @@ from runner.config import BatchingConfig, ModelConfig, SamplingConfig, build_con
 from runner.engine import Engine, Request
 from runner.errors import ConfigError
 
+# The injected thread deaths are the point of these tests: pytest need not report each one again.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+
 
 def continuous_engine(tiny_model, strategy: str = "continuous") -> Engine:
     batching = BatchingConfig(strategy=strategy, token_budget=4096, max_batch_size=8, stall_timeout_s=120)

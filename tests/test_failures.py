@@ -19,9 +19,11 @@ import pytest
 from jobs.generate import run
 from runner.cli import main
 from runner.config import build_config
-from runner.errors import OutputError, ReplicaFailed
+from runner.errors import InputError, OutputError, ReplicaFailed
 from runner.io.inputs import read_input
 from runner.io.outputs import PartWriter, write_summary
+from runner.job import Job
+from runner.stage import GenerationStage
 from runner.summary import JobStats, build_summary
 from tests.conftest import PROMPTS, write_jsonl
 
@@ -99,6 +101,7 @@ def ray_with_crash_hook(crash_plan):
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import this file
     ray.init(
+        address="local",  # a fresh instance, never another session's cluster on this machine
         num_cpus=2,
         num_gpus=2,
         include_dashboard=False,
@@ -243,6 +246,46 @@ def test_bad_rows_become_error_rows_and_too_many_fail_the_job_after_writing(tmp_
     assert main(["run", config, "--max-error-rate", "0.9"]) == 0
 
 
+def test_a_streamed_input_with_duplicate_ids_gives_every_row_its_own_prompts_generation(tmp_path):
+    """24 JSONL rows, each id twice with two different prompts, the two in different batches (the
+    stream is not checked before the run). Earlier: IndexError, exit 1, no output. Now every row
+    is written; of each id's two rows one has its own prompt's generation, the other is an error
+    row naming the id."""
+    prompts = [f"{PROMPTS[i % len(PROMPTS)][:40]} ({i})" for i in range(24)]
+    source = write_jsonl(
+        tmp_path / "dup.jsonl", [{"key": f"k{i % 12}", "prompt": p} for i, p in enumerate(prompts)]
+    )
+    cfg = job_config(source, tmp_path / "out", data={"id_column": "key"}, batching={"strategy": "padded"})
+    summary = run(cfg)
+
+    from runner.stage import GenerationStage
+
+    alone = GenerationStage(cfg)(pa.table({"id": [f"u{i}" for i in range(24)], "prompt": prompts}))
+    oracle = {r["prompt"]: r["generation"] for r in alone.to_pylist()}
+    rows = output_rows(tmp_path / "out")
+    assert sorted(r["prompt"] for r in rows) == sorted(prompts), "every input row once"
+    for key in {f"k{i}" for i in range(12)}:
+        mine = [r for r in rows if r["id"] == key]
+        ok = [r for r in mine if r["error"] is None]
+        bad = [r for r in mine if r["error"] is not None]
+        assert len(ok) == len(bad) == 1, mine
+        assert ok[0]["generation"] == oracle[ok[0]["prompt"]], "a row's generation is its own prompt's"
+        assert bad[0]["generation"] is None and bad[0]["error_kind"] == "row"
+        assert bad[0]["error"].startswith(f"duplicate id {key!r}")
+    assert (summary["status"], summary["output_rows"], summary["output_rows_error"]) == ("done", 24, 12)
+    assert (summary["rows_ok"], summary["rows_error"]) == (12, 12)
+    assert summary["output_ids_distinct"] == 12
+
+
+def test_a_whole_input_with_duplicate_ids_is_refused_before_anything_runs(tmp_path):
+    """A table read whole (eval's tasks, `read_input`) is checked at start: one line naming the id."""
+    source = write_jsonl(tmp_path / "dup.jsonl", [{"key": k, "prompt": "p"} for k in ("a", "b", "a")])
+    cfg = job_config(source, tmp_path / "out", data={"id_column": "key"})
+    with pytest.raises(InputError, match=r"data\.id_column: duplicate id 'a' at row 2 \(first at row 0\)"):
+        Job(cfg, stage=GenerationStage, read=lambda c: read_input(c.data)).run()
+    assert not (tmp_path / "out").exists()
+
+
 # --- reusing an output directory -----------------------------------------------------------------
 
 
@@ -262,7 +305,8 @@ def test_overwrite_replaces_only_the_runners_own_files(prompts, tmp_path):
         run(cfg)
     summary = run(cfg, overwrite=True)
 
-    assert sorted(p.name for p in out.iterdir()) == sorted([*user_files, "_job.json", "part-00000.parquet"])
+    runner_files = ["_job.json", "part-00000.parquet", "_lease.000002.json"]  # the lease stays, released
+    assert sorted(p.name for p in out.iterdir()) == sorted([*user_files, *runner_files])
     assert all((out / name).read_text() == text for name, text in user_files.items())
     rows = pq.read_table(out / "part-00000.parquet").to_pylist()
     assert [r["id"] for r in rows] == [f"{i:08d}" for i in range(4)]

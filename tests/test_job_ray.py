@@ -16,7 +16,12 @@ def ray_two_gpus():
     """One local Ray for the module, offering 2 (fake) GPUs on this CPU machine."""
     ray = pytest.importorskip("ray")
     ray.init(
-        num_cpus=2, num_gpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False
+        address="local",
+        num_cpus=2,
+        num_gpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        configure_logging=False,
     )
     yield ray
     ray.shutdown()

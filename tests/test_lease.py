@@ -18,7 +18,8 @@ import pytest
 
 from runner.errors import OutputError
 from runner.io import outputs
-from runner.io.lease import LEASE_NAME, Lease, LeaseLost
+from runner.io.lease import Lease, LeaseLost, lease_name
+from runner.jobdir import JobDir
 from tests.conftest import PROMPTS, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,15 +34,52 @@ def result_table(start: int, count: int) -> pa.Table:
     return pa.table({"id": ids, "generation": [f"g{i}" for i in range(count)], "error": [None] * count})
 
 
+LEASE_KEYS = {"host", "pid", "started", "heartbeat", "token", "generation", "boot_id", "pid_ns", "released"}
+
+
 def test_a_second_lease_is_refused_naming_the_holder_and_released_leases_are_free(tmp_path):
     first = lease(tmp_path / "out").acquire()
-    held = json.loads((tmp_path / "out" / LEASE_NAME).read_text())
-    assert {"host", "pid", "started", "heartbeat", "token"} <= set(held)
+    held = json.loads((tmp_path / "out" / lease_name(1)).read_text())
+    assert LEASE_KEYS <= set(held) and held["generation"] == 1 and held["pid_ns"].startswith("pid:[")
     with pytest.raises(OutputError, match=rf"is in use by another run \(host .+ pid {os.getpid()}, started"):
         lease(tmp_path / "out").acquire()
     first.release()
-    assert not (tmp_path / "out" / LEASE_NAME).exists()
-    lease(tmp_path / "out").acquire().release()
+    assert json.loads((tmp_path / "out" / lease_name(1)).read_text())["released"] is True
+    second = lease(tmp_path / "out").acquire()  # the next generation; the superseded file goes
+    assert second.generation == 2 and sorted(os.listdir(tmp_path / "out")) == [lease_name(2)]
+    second.release()
+
+
+def test_an_earlier_versions_lease_is_honoured_while_it_beats(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    old = {"host": "gpu-node-7", "pid": 4242, "started": 0, "heartbeat": time.time(), "token": "abc"}
+    (out / "_lease.json").write_text(json.dumps(old))
+    with pytest.raises(OutputError, match="host gpu-node-7 pid 4242"):
+        lease(out, timeout_s=30).acquire()
+    os.utime(out / "_lease.json", (0, 0))
+    (out / "_lease.json").write_text(json.dumps({**old, "heartbeat": time.time() - 31}))
+    os.utime(out / "_lease.json", (time.time() - 31,) * 2)
+    lease(out, timeout_s=30).acquire().release()
+    assert not (out / "_lease.json").exists()
+
+
+def test_two_drivers_that_saw_one_stale_lease_take_it_over_once(tmp_path):
+    """The takeover is a compare-and-swap on the generation: of two drivers that read generation 4
+    stale, only one creates generation 5; the other looks again, finds it live and is refused."""
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = {"host": "gpu-node-7", "pid": 1, "started": 0, "heartbeat": 0, "token": "d" * 32, "generation": 4}
+    (out / lease_name(4)).write_text(json.dumps(stale))
+    os.utime(out / lease_name(4), (0, 0))
+    a, b = lease(out, timeout_s=30), lease(out, timeout_s=30)
+    seen = a.current()  # both read generation 4 ...
+    assert seen.generation == 4 and not seen.live(time.time(), 30)
+    assert a._create(5, a._holder(5, [])) and not b._create(5, b._holder(5, []))  # ... one creates 5
+    a.generation = 5
+    with pytest.raises(OutputError, match=f"pid {os.getpid()}"):
+        b.acquire()  # b starts over and meets a's live lease
+    a.check()
 
 
 HOLD = """
@@ -67,7 +105,7 @@ def test_the_lease_of_a_killed_driver_is_taken_over_and_the_takeover_logged(tmp_
         with caplog.at_level(logging.WARNING, logger="runner.io.lease"):
             mine = lease(out, timeout_s=60).acquire()
         assert f"pid {holder.pid}" in caplog.text and "took over" in caplog.text
-        assert json.loads((out / LEASE_NAME).read_text())["pid"] == os.getpid()
+        assert json.loads((out / lease_name(mine.generation)).read_text())["pid"] == os.getpid()
         mine.release()
     finally:
         holder.kill()
@@ -78,11 +116,12 @@ def test_a_lease_from_another_host_is_taken_over_only_after_its_heartbeat_timeou
     out = tmp_path / "out"
     out.mkdir()
     now = time.time()
-    other = {"host": "gpu-node-7", "pid": 4242, "started": now - 100, "token": "abc"}
-    (out / LEASE_NAME).write_text(json.dumps({**other, "heartbeat": now - 1}))
+    other = {"host": "gpu-node-7", "pid": 4242, "started": now - 100, "token": "abc", "generation": 1}
+    (out / lease_name(1)).write_text(json.dumps({**other, "heartbeat": now - 1}))
     with pytest.raises(OutputError, match="host gpu-node-7 pid 4242"):
         lease(out, timeout_s=30).acquire()
-    (out / LEASE_NAME).write_text(json.dumps({**other, "heartbeat": now - 31}))  # a lost node
+    (out / lease_name(1)).write_text(json.dumps({**other, "heartbeat": now - 31}))  # a lost node
+    os.utime(out / lease_name(1), (now - 31, now - 31))
     with caplog.at_level(logging.WARNING, logger="runner.io.lease"):
         lease(out, timeout_s=30).acquire().release()
     assert "took over the lease" in caplog.text and "gpu-node-7" in caplog.text
@@ -95,11 +134,42 @@ def test_a_driver_whose_lease_was_taken_over_stops_committing(tmp_path):
     frozen._thread.join()
     time.sleep(3.2)
     new = lease(out, timeout_s=3).acquire()
-    frozen._beat_once()
-    writer = outputs.PartWriter(str(out), 2, before_commit=frozen.check)
+    # No heartbeat has told the frozen driver: the commit itself reads the lease.
+    writer = outputs.PartWriter(str(out), 2, fence=frozen.check, generation=frozen.generation)
     with pytest.raises(LeaseLost, match="taken over"):
         writer.write(result_table(0, 2))
     assert not outputs.has_parts(str(out))
+    new.release()
+
+
+def test_a_part_linked_after_the_lease_was_lost_is_undone_and_never_counts(tmp_path):
+    """The fence's check passes, then the lease moves before the link: the commit is undone. Had the
+    writer died before undoing it, the part would still not count: not sealed, an old generation."""
+    out = tmp_path / "out"
+    old = JobDir(str(out)).lease(timeout_s=3, heartbeat_s=1).acquire()
+    with old.writer(2) as writer:
+        writer.write(result_table(0, 2))  # committed under generation 1
+    takeover = {}
+
+    def check_then_lose():
+        old.fence()  # passes ...
+        if not takeover:  # ... then the lease moves on, once
+            old._lease._stop.set()
+            held = json.loads((out / lease_name(1)).read_text())
+            (out / lease_name(1)).write_text(json.dumps({**held, "heartbeat": 0}))  # as if frozen long
+            os.utime(out / lease_name(1), (0, 0))
+            takeover["dir"] = JobDir(str(out)).lease(timeout_s=3).acquire()
+
+    zombie = outputs.PartWriter(str(out), 2, fence=check_then_lose, generation=1)
+    with pytest.raises(LeaseLost):
+        zombie.write(result_table(2, 2))
+    assert sorted(p.name for p in out.glob("part-*")) == ["part-00000.parquet"]
+    # A part a generation-1 writer linked and never undid (it died): present, but it does not count.
+    late = outputs.PartWriter(str(out), 2, generation=1)
+    late.write(result_table(2, 2))
+    new = takeover["dir"]
+    assert new.catalogue.zombies() == [1] and sorted(new.done_ids().to_pylist()) == ["00000000", "00000001"]
+    assert new.sweep() == ["part-00001.parquet"] and new.counts() == (2, 0)
     new.release()
 
 
@@ -112,7 +182,7 @@ def test_commits_never_replace_a_part_and_temp_names_are_unique(tmp_path):
     assert names == ["part-00000.parquet", "part-00001.parquet"]
     ids = sorted(outputs.committed_ids(out))
     assert ids == [f"{i:08d}" for i in range(4)]
-    assert outputs.distinct_id_count(out) == 4
+    assert JobDir(out).distinct_ids() == 4
 
 
 def test_buffered_rows_are_committed_after_flush_seconds_not_rows_per_file(tmp_path):
@@ -153,4 +223,38 @@ def test_two_real_drivers_on_one_directory_one_runs_the_other_exits_2(tmp_path):
     assert table.num_rows == 16 and len(set(table.column("id").to_pylist())) == 16
     summary = json.loads((tmp_path / "out" / "_job.json").read_text())
     assert summary["output_ids_distinct"] == 16 and summary["status"] == "done"
-    assert not (tmp_path / "out" / LEASE_NAME).exists()
+    leases = list((tmp_path / "out").glob("_lease.*.json"))
+    assert len(leases) == 1 and json.loads(leases[0].read_text())["released"] is True
+
+
+def test_without_exclusive_create_the_lease_is_written_then_read_back(tmp_path):
+    """The object-store path (no link, no O_EXCL), on a filesystem that is not pyarrow's LocalFileSystem."""
+    fs = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    first = Lease(fs, "out", timeout_s=3, heartbeat_s=0.2).acquire()
+    with pytest.raises(OutputError, match="is in use by another run"):
+        Lease(fs, "out", timeout_s=3).acquire()
+    first._beat_once()  # the heartbeat rewrites its own file there: no mtime to touch
+    first.check()
+    first.release()
+    second = Lease(fs, "out", timeout_s=3).acquire()
+    assert second.generation == 2 and sorted(os.listdir(tmp_path / "out")) == [lease_name(2)]
+    second.release()
+
+
+def test_output_of_an_earlier_version_resumes_and_counts_whole(tmp_path):
+    """Parts without a lease generation and a stale `_lease.json`: all count, and stay counted once a
+    new lease seals them."""
+    out = tmp_path / "out"
+    with outputs.PartWriter(str(out), 2) as writer:  # as earlier versions wrote them
+        writer.write(result_table(0, 3))
+    old = {"host": "gpu-node-7", "pid": 1, "started": 0, "heartbeat": 0, "token": "abc"}
+    (out / "_lease.json").write_text(json.dumps(old))
+    os.utime(out / "_lease.json", (0, 0))
+    job_dir = JobDir(str(out)).lease(timeout_s=30).acquire()
+    assert not (out / "_lease.json").exists()
+    assert sorted(job_dir.done_ids().to_pylist()) == [f"{i:08d}" for i in range(3)]
+    with job_dir.writer(2) as writer:
+        writer.write(result_table(3, 2))
+    assert job_dir.counts() == (5, 0) and job_dir.catalogue.zombies() == []
+    job_dir.release()
+    assert JobDir(str(out)).distinct_ids() == 5

@@ -1,4 +1,6 @@
-"""Command line: `runner run | eval | compare | report` (also `python -m runner`).
+"""Command line: `runner run | eval | plan | compare | report | submit | status | logs | stop | list`.
+
+Also `python -m runner`.
 
 One small module per command; heavy imports happen inside the command so `--help` is instant.
 """
@@ -11,16 +13,28 @@ import traceback
 from runner import logs
 from runner.cli import compare as compare_command
 from runner.cli import eval as eval_command
+from runner.cli import job_logs as logs_command
+from runner.cli import list as list_command
+from runner.cli import plan as plan_command
 from runner.cli import report as report_command
 from runner.cli import run as run_command
+from runner.cli import status as status_command
+from runner.cli import stop as stop_command
+from runner.cli import submit as submit_command
 from runner.errors import first_line, root_cause
 from runner.signals import Interrupted
 
 COMMANDS = {
     "run": run_command,
     "eval": eval_command,
+    "plan": plan_command,
     "compare": compare_command,
     "report": report_command,
+    "submit": submit_command,
+    "status": status_command,
+    "logs": logs_command,
+    "stop": stop_command,
+    "list": list_command,
 }
 
 

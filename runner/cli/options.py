@@ -13,17 +13,29 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def add_address(p: argparse.ArgumentParser) -> None:
+    """--address: the Ray dashboard of the cluster the job commands talk to."""
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="URL",
+        help="Ray dashboard, e.g. http://HEAD:8265 (default: RAY_ADDRESS if it is one, else http://127.0.0.1:8265)",
+    )
+
+
+def add_set(
+    p: argparse.ArgumentParser, help: str = "override a config value, e.g. --set sampling.max_new_tokens=64"
+) -> None:
+    """--set KEY.PATH=VALUE (repeatable), collected in `args.overrides`."""
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help=help
+    )
+
+
 def add_job_options(p: argparse.ArgumentParser, output_help: str = "") -> None:
     """The options of a command that runs a job from a config: --set, --output, --overwrite,
     --max-error-rate (then add_common)."""
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a config value, e.g. --set sampling.max_new_tokens=64",
-    )
+    add_set(p)
     p.add_argument("--output", help="output directory (same as --set output.path=DIR)" + output_help)
     p.add_argument(
         "--overwrite",

@@ -9,13 +9,19 @@ runs its own generation thread; this module adds what it lacks for a batch job:
 - each request's own `max_new_tokens` and EOS ids, and stop strings (streamed, then cancelled);
 - sampling reproducible per row: a logits processor adds keyed Gumbel noise (runner.engine.sampling)
   after transformers' per-request temperature / top-k / top-p warpers, and the manager takes the argmax;
-- per-sequence attention when flash_attn is missing (runner.engine.paged_attention);
+- per-sequence attention where transformers' own paged path is not exact (runner.engine.paged_attention);
 - shared prompt prefixes computed once (`batching.prefix_sharing`): transformers' block sharing
   (`allow_block_sharing`) gives a request the cached KV pages of an earlier request's identical
   prompt start (whole pages: 64 tokens on CPU); the tokens it saved are counted. transformers shares
   blocks only for full-attention models: one with sliding-window layers runs unshared (logged);
 - an out-of-memory failure of the generation thread is raised to the caller (who splits the batch)
-  and the manager is restarted.
+  and the manager is restarted;
+- no hang when a library changes: every request is streamed, so each call sees its own progress
+  (runner.watchdog), and a generation thread that keeps dying or a router that dies fails every waiting
+  call at once with the error's first line (`_fail`), which the engine's start-up probe turns into a
+  refusal at start.
+The manager is used through its public API (`init_continuous_batching`, `start`, `add_request`,
+`get_result`, `cancel_request`, `stop`); what it only exposes privately goes through runner.compat.
 """
 
 from __future__ import annotations
@@ -126,6 +132,30 @@ def start_daemon(manager) -> None:
     starter.join()
 
 
+_SERIALISED: weakref.WeakSet = weakref.WeakSet()
+
+
+def serialise_forwards(model) -> None:
+    """One forward at a time on `model`: the manager's thread shares it with the padded fallback
+    (grammar / penalty rows), the scorer (an eval's choice tasks) and the logprobs pass.
+
+    Measured on transformers 5.24.0 (not 5.23.0): while the manager computed, a padded forward on the
+    same model in another thread drew other tokens for the same row in about 1 run of 3
+    (tests/test_generation_features.py test_a_sampled_row_in_a_greedy_job); serialised, 0 of 6. On CPU
+    two concurrent forwards only share the cores anyway. A CUDA-graph replay of the manager skips
+    module hooks and so this lock (continuous on GPU with grammar rows: not measured here)."""
+    if model in _SERIALISED:
+        return
+    _SERIALISED.add(model)
+    lock = threading.Lock()
+
+    def acquire(*_) -> None:  # a pre-hook that returns a value replaces the forward's arguments
+        lock.acquire()
+
+    model.register_forward_pre_hook(acquire)
+    model.register_forward_hook(lambda *_: lock.release(), always_call=True)
+
+
 class ContinuousGenerator:
     """Feeds requests from any number of threads into one running continuous batching manager."""
 
@@ -133,6 +163,7 @@ class ContinuousGenerator:
         self.sampling = sampling
         self.eos = sorted(eos_ids(tokenizer, model, sampling)) or [-1]
         self.stopper = Stopper(tokenizer, set(self.eos) - {-1}, sampling.stop)
+        serialise_forwards(model)
         self.manager = build_manager(model, tokenizer, sampling, batching)
         self._matched_before = 0  # prefix tokens matched by the caches of managers restarted since
         if batching.prefix_sharing and "sliding_attention" in Architecture.of(model).layer_types:

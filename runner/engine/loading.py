@@ -135,7 +135,9 @@ def bnb_config(quant: QuantizationConfig, dtype: torch.dtype):
 
 def device_map_kwargs(placement: PlacementConfig, devices: Devices, quantized: bool) -> dict[str, Any]:
     """device_map / max_memory for from_pretrained, given the GPUs this replica can see."""
-    max_memory = placement.max_memory
+    # "auto" is resolved by the job's plan before replicas start; an engine built directly leaves the
+    # split to transformers' own balancing.
+    max_memory = placement.max_memory if isinstance(placement.max_memory, dict) else None
     if not devices.cuda:
         if max_memory and any(k.isdigit() for k in max_memory):
             log.info("no GPU visible: ignoring the GPU entries of placement.max_memory")

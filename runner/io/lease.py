@@ -1,21 +1,30 @@
-"""One writer per output directory: a lease file taken before anything is written.
+"""One writer per output directory: a numbered lease file, taken before anything is written.
 
 Two drivers on one directory (a nightly run overlapping a slow previous one, a scheduler's retry)
-would each generate every pending row and commit it: every id twice. The lease `_lease.json` names
-its holder (host, pid, start time, a random token) and a heartbeat the holder refreshes every
-`heartbeat_s`. A second driver finds a live lease and stops with one line naming the holder. A lease
-whose heartbeat is older than `timeout_s` belongs to a driver that was killed or lost its machine:
-it is taken over, and the takeover is logged. A holder on this same host whose process is gone
-(`kill -9`) is taken over at once.
+would each generate every pending row and commit it: every id twice. So a driver first takes the
+directory's lease, and every commit it makes is fenced by it.
 
-Creating the lease is atomic on a local (or NFS) directory: `O_CREAT | O_EXCL`. A takeover is
-serialised by a second exclusive file, so two drivers that both see a stale lease cannot both take
-it. The holder checks on every heartbeat that the lease still carries its token; a driver whose
-lease was taken over (it was frozen longer than the timeout) stops writing (`LeaseLost`).
+The lease is a sequence of generations, one file each: `_lease.000007.json` is generation 7, the
+highest number is the current lease. A file names its holder (host, pid, boot id, pid namespace, start
+time, a random token), its heartbeat, and `sealed`: the part files that were committed when it was
+taken (`runner.io.catalogue` uses it to fence). Taking the lease is creating the next generation's file
+exclusively, from a complete temp file (`link`, which fails atomically when the name exists): there is
+never an empty or half-written lease, and of two drivers that both saw generation 6 stale exactly one
+creates 7 (a compare-and-swap on the generation); the other starts over, and finds 7 live. Nothing
+ever replaces or deletes a lease file another driver may hold: the holder touches only its own file
+(the heartbeat is its mtime), so a holder frozen inside a heartbeat and resumed after a takeover
+writes to a superseded file, never over the new holder's.
 
-On object stores (`s3://`, `gs://`) there is no exclusive create: the lease is written and read
-back, which catches every overlap except two drivers starting within the same second. The name
-starts with `_` so Parquet readers of the directory skip it.
+A live lease refuses a second driver with one line naming the holder. A lease is taken over when its
+heartbeat is older than `timeout_s` (a killed driver, a lost node), or at once when its holder is
+provably dead: same host, same boot and same pid namespace as this process, and its pid gone (a
+holder in another container with host networking has the same host name but another pid namespace:
+only the heartbeat counts there). `check()` reads the current generation from storage; every commit
+calls it (`runner.io.durable.atomic_write`, after the slow temp write, right before the link), so a
+driver whose lease was taken over stops (`LeaseLost`) before writing anything more.
+
+Object stores (`s3://`, `gs://`) have no exclusive create: the lease is written and read back a second
+later, which catches every overlap except two drivers starting within that second.
 """
 
 from __future__ import annotations
@@ -23,20 +32,29 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, replace
 
 import pyarrow.fs as pafs
 
 from runner.errors import OutputError
+from runner.io.holder import Holder, this_machine
 
 log = logging.getLogger(__name__)
 
-LEASE_NAME = "_lease.json"
-_TAKEOVER_NAME = ".lease-takeover.tmp"
+LEGACY_NAME = "_lease.json"  # the single lease file of earlier versions
+_LEASE_RE = re.compile(r"^_lease\.(\d{6,})\.json$")
+_TEMP_RE = re.compile(r"^\.lease-[0-9a-f]{32}\.tmp$")
+
+
+def lease_name(generation: int) -> str:
+    """``_lease.000007.json``."""
+    return f"_lease.{generation:06d}.json"
 
 
 class LeaseLost(OutputError):
@@ -45,88 +63,76 @@ class LeaseLost(OutputError):
     exit_code = 1
 
 
-@dataclass(frozen=True)
-class Holder:
-    """What the lease file says about who holds it."""
-
-    host: str
-    pid: int
-    started: float
-    heartbeat: float
-    token: str
-
-    def dead(self) -> bool:
-        """Known dead: a process of this host that no longer exists (a killed driver on this machine
-        need not wait for the timeout). A holder on another host is judged by its heartbeat only."""
-        if self.host != socket.gethostname() or self.pid <= 0:
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # alive, another user's
-            return False
-        try:  # killed but not yet reaped by its parent: a zombie holds nothing
-            with open(f"/proc/{self.pid}/stat") as stat:
-                return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-        except (OSError, IndexError):
-            return False
-
-    def describe(self, now: float) -> str:
-        start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started))
-        return f"host {self.host} pid {self.pid}, started {start}, last heartbeat {now - self.heartbeat:.0f}s ago"
-
-
 class Lease:
     """The lease on one output directory; `acquire()` it, `release()` it (or use `with`).
 
-    While held, a daemon thread refreshes the heartbeat; `check()` raises `LeaseLost` when another
-    driver has taken the lease over.
-    """
+    While held, a daemon thread refreshes the heartbeat; `check()` raises `LeaseLost` once another
+    driver holds the directory. `seal(previous)` (given by the directory) lists the parts committed
+    under the previous lease, written into the new lease file."""
 
     def __init__(self, fs: pafs.FileSystem, root: str, timeout_s: float = 120.0, heartbeat_s: float = 10.0):
         self.fs, self.root = fs, root
-        self.file = f"{root}/{LEASE_NAME}"
         self.timeout_s = timeout_s
         self.heartbeat_s = min(heartbeat_s, timeout_s / 3)
         self.token = uuid.uuid4().hex
         self.started = time.time()
+        self.generation: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lost: str | None = None
         self._local = isinstance(fs, pafs.LocalFileSystem)
 
     # -- taking and giving back ------------------------------------------------------------------
-    def acquire(self) -> Lease:
+    def acquire(self, seal: Callable[[Holder | None], list] = lambda _previous: []) -> Lease:
         """Take the lease or raise `OutputError` (exit 2) naming the live holder."""
         if self.fs.get_file_info(self.root).type == pafs.FileType.File:
             raise OutputError(f"output.path: {self.root} is a file, not a directory")
         try:
             self.fs.create_dir(self.root, recursive=True)
-            created = self._create()
+            self._take(seal)
         except OSError as err:
             raise OutputError(f"output.path: {self.root} is not writable ({err})") from None
-        if not created:
-            holder = self.read()
-            now = time.time()
-            if holder is not None and now - holder.heartbeat <= self.timeout_s and not holder.dead():
-                raise OutputError(
-                    f"output.path: {self.root} is in use by another run ({holder.describe(now)}); "
-                    f"wait for it to finish, or remove {LEASE_NAME} if that run is gone"
-                )
-            self._take_over(holder)
         self._thread = threading.Thread(target=self._beat, name="output-lease", daemon=True)
         self._thread.start()
         return self
 
+    def _take(self, seal: Callable[[Holder | None], list]) -> None:
+        for _ in range(50):  # each retry means another driver moved the lease meanwhile
+            self._refuse_legacy_holder()
+            current = self.current()
+            if current is not None and current.live(time.time(), self.timeout_s):
+                raise self._in_use(current)
+            number = (current.generation if current is not None else 0) + 1
+            mine = self._holder(number, sealed=seal(current))
+            if not self._create(number, mine):
+                continue  # another driver took this generation first: look again
+            newest = self.generations()[-1]
+            if newest != number:  # a higher one appeared that our listing missed: not ours
+                self.fs.delete_file(f"{self.root}/{lease_name(number)}")  # ours, and superseded
+                raise self._in_use(self.read(newest))
+            self.generation = number
+            self._tidy(number)
+            if current is not None and not current.released:
+                log.warning(
+                    "output.path: took over the lease of a run that stopped heartbeating (%s)",
+                    current.describe(time.time()),
+                )
+            return
+        raise OutputError(f"output.path: {self.root}: its lease keeps changing hands; try again")
+
     def release(self) -> None:
-        """Stop the heartbeat and delete the lease if it is still ours."""
+        """Stop the heartbeat and mark the lease released, if it is still ours (its file stays: its
+        seal fences the parts of the runs before it)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        holder = self.read()
-        if holder is not None and holder.token == self.token:
-            self.fs.delete_file(self.file)
+        try:
+            self.check()
+            self._write(lease_name(self.generation), replace(self._mine(), released=True))
+        except LeaseLost:
+            return
+        except OSError as err:  # the lease then ends by its timeout
+            log.warning("output lease not released: %s", err)
 
     def __enter__(self) -> Lease:
         return self.acquire()
@@ -135,95 +141,145 @@ class Lease:
         self.release()
 
     def check(self) -> None:
-        """Raise `LeaseLost` if another driver holds the lease now (called before each commit)."""
+        """Raise `LeaseLost` unless this driver holds the current generation, read from storage now
+        (called right before each commit)."""
+        if self._lost is None:
+            newest = self.generations()
+            holder = self.read(newest[-1]) if newest else None
+            if holder is None or holder.generation != self.generation or holder.token != self.token:
+                who = holder.describe(time.time()) if holder else "lease file removed"
+                self._lost = f"output.path: {self.root}: this run's lease was taken over ({who}); stopping"
+                log.error(self._lost)
         if self._lost is not None:
             raise LeaseLost(self._lost)
 
-    # -- the file ----------------------------------------------------------------------------------
-    def read(self) -> Holder | None:
-        """The current holder, or None when there is no (readable) lease."""
+    # -- the files --------------------------------------------------------------------------------
+    def generations(self) -> list[int]:
+        """Generation numbers of the lease files present, ascending."""
+        if self.fs.get_file_info(self.root).type != pafs.FileType.Directory:
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root))
+        return sorted(int(m.group(1)) for info in infos if (m := _LEASE_RE.match(info.base_name)))
+
+    def current(self) -> Holder | None:
+        """The current lease (highest generation), or None when there is none."""
+        numbers = self.generations()
+        while numbers:  # a file removed between the listing and the read: the next lower one
+            holder = self.read(numbers.pop())
+            if holder is not None:
+                return holder
+        return None
+
+    def read(self, generation: int, name: str | None = None) -> Holder | None:
+        """One lease file, None when absent. The heartbeat is the later of the written one and the
+        file's mtime (a heartbeat touches it). A file that does not parse (a foreign one; ours are
+        never half-written) counts as a holder whose heartbeat is its mtime."""
+        path = f"{self.root}/{name or lease_name(generation)}"
         try:
-            with self.fs.open_input_stream(self.file) as stream:
+            info = self.fs.get_file_info(path)
+            if info.type != pafs.FileType.File:
+                return None
+            touched = info.mtime.timestamp() if info.mtime is not None else 0.0
+            with self.fs.open_input_stream(path) as stream:
                 data = json.loads(stream.read())
-            return Holder(**{k: data[k] for k in Holder.__dataclass_fields__})
+            fields = {k: data[k] for k in Holder.__dataclass_fields__ if k in data}
+            holder = Holder(**fields)
+            # The name, not the content, says which generation a file is.
+            return replace(holder, heartbeat=max(holder.heartbeat, touched), generation=generation)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError):
-            # A torn or foreign file: treat as a holder that never beat, so it is taken over.
-            return Holder("?", 0, 0.0, 0.0, "")
+        except (ValueError, KeyError, TypeError):  # other OSErrors (a storage hiccup) are raised
+            return Holder("?", 0, 0.0, touched, "", generation=generation)
 
-    def _content(self) -> bytes:
-        holder = Holder(socket.gethostname(), os.getpid(), self.started, time.time(), self.token)
-        return json.dumps(holder.__dict__, indent=2).encode()
+    def _refuse_legacy_holder(self) -> None:
+        """An earlier version's `_lease.json`: refused while it beats, else removed once ours is taken."""
+        legacy = self.read(0, LEGACY_NAME)
+        if legacy is not None and time.time() - legacy.heartbeat <= self.timeout_s:
+            raise self._in_use(legacy)
 
-    def _create(self) -> bool:
-        """Create the lease exclusively; False when one exists."""
-        if self._local:
-            try:
-                fd = os.open(self.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
+    def _in_use(self, holder: Holder | None) -> OutputError:
+        now = time.time()
+        who = holder.describe(now) if holder is not None else "unknown holder"
+        return OutputError(
+            f"output.path: {self.root} is in use by another run ({who}); "
+            "wait for it to finish, or remove its _lease.*.json files if that run is gone"
+        )
+
+    def _holder(self, generation: int, sealed: list) -> Holder:
+        boot, namespace = this_machine()
+        host, now = socket.gethostname(), time.time()
+        return Holder(
+            host, os.getpid(), self.started, now, self.token, generation, boot, namespace, False, sealed
+        )
+
+    def _mine(self) -> Holder:
+        written = self.read(self.generation) or self._holder(self.generation, [])
+        return replace(written, heartbeat=time.time())
+
+    def _create(self, generation: int, holder: Holder) -> bool:
+        """Create generation's file, complete, only if no file has that name; False when one has."""
+        final = f"{self.root}/{lease_name(generation)}"
+        temp = f"{self.root}/.lease-{self.token}.tmp"
+        data = json.dumps(asdict(holder), indent=2).encode()
+        if not self._local:
+            if self.fs.get_file_info(final).type != pafs.FileType.NotFound:
                 return False
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(self._content())
-                handle.flush()
-                os.fsync(handle.fileno())
+            self._write(lease_name(generation), holder)
+            time.sleep(1.0)  # a racing driver's write lands within this; the read-back then shows it
+            written = self.read(generation)
+            return written is not None and written.token == self.token
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp, final)  # atomic, fails if the name exists: never an empty or torn lease
             return True
-        if self.fs.get_file_info(self.file).type != pafs.FileType.NotFound:
+        except FileExistsError:
             return False
-        self._replace()
-        time.sleep(1.0)  # a racing driver's write lands within this; the read-back then shows it
-        holder = self.read()
-        return holder is not None and holder.token == self.token
+        finally:
+            os.unlink(temp)
 
-    def _replace(self) -> None:
-        """Write our lease over whatever is there (temp file + rename, so it is never torn)."""
+    def _write(self, name: str, holder: Holder) -> None:
+        """Write our own lease file whole (temp file + rename): only its holder ever writes it."""
         temp = f"{self.root}/.lease-{self.token}.tmp"
         with self.fs.open_output_stream(temp) as stream:
-            stream.write(self._content())
-        self.fs.move(temp, self.file)
+            stream.write(json.dumps(asdict(holder), indent=2).encode())
+        self.fs.move(temp, f"{self.root}/{name}")
 
-    def _take_over(self, stale: Holder | None) -> None:
-        guard = f"{self.root}/{_TAKEOVER_NAME}"
-        if self._local:
-            try:
-                os.close(os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-            except FileExistsError:
-                # Another driver is taking over now, or died doing it: a guard older than the timeout is stale.
-                if time.time() - os.path.getmtime(guard) <= self.timeout_s:
-                    raise OutputError(
-                        f"output.path: {self.root}: another run is taking over its stale lease now"
-                    ) from None
-                os.utime(guard)
-        try:
-            current = self.read()
-            if current is not None and stale is not None and current.token != stale.token:
-                raise OutputError(
-                    f"output.path: {self.root} is in use by another run, which took it just now "
-                    f"({current.describe(time.time())})"
-                )
-            self._replace()
-        finally:
-            if self._local:
-                os.unlink(guard)
-        if stale is not None:
-            log.warning(
-                "output.path: took over the lease of a run that stopped heartbeating (%s)",
-                stale.describe(time.time()),
-            )
+    def _tidy(self, generation: int) -> None:
+        """Remove superseded lease files (ours is the newest: they fence nothing now), a stale legacy
+        lease, and lease temp files a killed driver left."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root))
+        for info in infos:
+            name, m = info.base_name, _LEASE_RE.match(info.base_name)
+            old = (m is not None and int(m.group(1)) < generation) or name == LEGACY_NAME
+            stale_temp = _TEMP_RE.match(name) and time.time() - info.mtime.timestamp() > self.timeout_s
+            if old or stale_temp:
+                try:
+                    self.fs.delete_file(f"{self.root}/{name}")
+                except FileNotFoundError:
+                    pass
 
+    # -- the heartbeat ----------------------------------------------------------------------------
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s) and self._lost is None:
             try:
                 self._beat_once()
+            except LeaseLost:
+                return
             except OSError as err:  # a storage hiccup: try again next beat; the timeout is several beats
                 log.warning("output lease heartbeat failed: %s", err)
 
     def _beat_once(self) -> None:
-        """Refresh the heartbeat, or record that the lease is someone else's now."""
-        holder = self.read()
-        if holder is None or holder.token != self.token:
-            who = holder.describe(time.time()) if holder else "lease file removed"
-            self._lost = f"output.path: {self.root}: this run's lease was taken over ({who}); stopping"
-            log.error(self._lost)
-            return
-        self._replace()
+        """Refresh the heartbeat of our own file, or record that the lease is someone else's now."""
+        self.check()
+        self._touch()
+
+    def _touch(self) -> None:
+        """Our file's mtime is the heartbeat (local disks): a touch never creates a file, so a beat
+        delayed past a takeover changes nothing but our own superseded file, if it still exists."""
+        if self._local:
+            os.utime(f"{self.root}/{lease_name(self.generation)}")
+        else:
+            self._write(lease_name(self.generation), self._mine())

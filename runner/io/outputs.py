@@ -1,9 +1,9 @@
 """The output directory: numbered Parquet part files plus a job summary.
 
 Layout: ``<out>/part-00000.parquet``, ``part-00001.parquet``, ... and ``<out>/_job.json``.
-Each part is written under a dot-prefixed temp name unique to its writer and renamed into place
-(never over an existing part), so readers never see a partial file and every part that exists is
-committed. On a local disk the part is fsynced before the rename and the directory after it, so a
+Each part is written under a dot-prefixed temp name unique to its writer and linked into place
+(never over an existing part), so readers never see a partial file; which parts count for the job
+(a superseded lease holder's late part does not) is `runner.io.catalogue`'s. On a local disk the part is fsynced before the rename and the directory after it, so a
 committed part survives a power loss or a lost node, not only a killed process. The summary starts with ``_``
 because pyarrow's (and so pandas') directory discovery skips ``.``/``_`` names but fails on
 any other non-Parquet file such as ``job.json``. Those three kinds of names are the runner's own
@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from runner.errors import OutputError
-from runner.io.durable import atomic_write
+from runner.io.catalogue import GENERATION_KEY, PART_RE, Catalogue, part_name
+from runner.io.durable import atomic_write, filesystem
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +43,8 @@ OUTPUT_COLUMNS = (
 INPUT_ERROR = "_input_error"  # an input column a reader adds when a row could not be read as data
 ERROR_KINDS = ("row", "engine")  # error_kind: the row's own fault, or the infrastructure's (retryable)
 SUMMARY_NAME = "_job.json"
-_PART_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 # Temp names carry the writer's token (`.part-00042.parquet.<hex>.tmp`), so two writers never share one.
 _TEMP_RE = re.compile(r"^\.(part-\d{5,}\.parquet|_job\.json|write-probe)(\.[0-9a-f]{8,})?\.tmp$")
-
-
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path inside it; plain paths are local, URIs go by scheme."""
-    if "://" in path:
-        try:
-            return pafs.FileSystem.from_uri(path)
-        except (pa.ArrowInvalid, OSError) as err:
-            raise OutputError(f"output.path: cannot open {path}: {err}") from None
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
 
 
 def _names(fs: pafs.FileSystem, root: str) -> list[str]:
@@ -67,18 +55,9 @@ def _names(fs: pafs.FileSystem, root: str) -> list[str]:
     return [info.base_name for info in infos if info.type == pafs.FileType.File]
 
 
-def _part_numbers(fs: pafs.FileSystem, root: str) -> list[int]:
-    return sorted(int(m.group(1)) for name in _names(fs, root) if (m := _PART_RE.match(name)))
-
-
-def part_name(number: int) -> str:
-    """``part-00042.parquet``."""
-    return f"part-{number:05d}.parquet"
-
-
 def prepare_output_dir(path: str) -> None:
     """Create the output directory, check it is writable and remove temp files a crash left."""
-    fs, root = _filesystem(path)
+    fs, root = filesystem(path)
     if fs.get_file_info(root).type == pafs.FileType.File:
         raise OutputError(f"output.path: {path} is a file, not a directory")
     try:
@@ -93,16 +72,8 @@ def prepare_output_dir(path: str) -> None:
 
 
 def has_parts(path: str) -> bool:
-    """Whether ``path`` holds committed part files."""
-    return bool(_part_numbers(*_filesystem(path)))
-
-
-def error_counts(path: str) -> tuple[int, int]:
-    """(rows, rows with an error) over every committed part: the whole job, all runs together."""
-    rows = errors = 0
-    for column in _part_columns(path, "error"):
-        rows, errors = rows + len(column), errors + len(column) - column.null_count
-    return rows, errors
+    """Whether ``path`` holds part files."""
+    return bool(Catalogue(*filesystem(path)).numbers())
 
 
 def committed_ids(path: str) -> set[str]:
@@ -112,78 +83,13 @@ def committed_ids(path: str) -> set[str]:
 
 def committed_id_array(path: str) -> pa.Array:
     """Row ids of every committed part as one Arrow string array: resume's lookup, in Arrow memory."""
-    chunks = [chunk for column in _part_columns(path, "id") for chunk in column.cast(pa.string()).chunks]
-    if not chunks:
-        return pa.array([], pa.string())
-    return pa.concat_arrays(chunks)
+    return Catalogue(*filesystem(path)).ids()
 
 
-def distinct_id_count(path: str) -> int:
-    """Distinct ids over every committed part (Arrow's hash count, no Python set)."""
-    ids = committed_id_array(path)
-    return int(pc.count_distinct(ids).as_py()) if len(ids) else 0
-
-
-def _part_columns(path: str, name: str) -> Iterator[pa.ChunkedArray]:
-    """One column of each committed part, in part order."""
-    fs, root = _filesystem(path)
-    for number in _part_numbers(fs, root):
-        file = f"{root}/{part_name(number)}"
-        try:
-            yield pq.read_table(file, columns=[name], filesystem=fs).column(name)
-        except (pa.ArrowException, OSError, KeyError) as err:
-            raise OutputError(f"output.path: cannot read column '{name}' of {file}: {err}") from None
-
-
-def retryable_ids(path: str) -> pa.Array:
-    """Ids of committed error rows the infrastructure caused (`error_kind` engine, or no kind: parts
-    written before the column existed); a row's own errors would fail the same way again."""
-    fs, root = _filesystem(path)
-    chunks = []
-    for number in _part_numbers(fs, root):
-        file = f"{root}/{part_name(number)}"
-        names = pq.read_schema(file, filesystem=fs).names
-        if "error" not in names:  # a job kind whose rows cannot fail
-            continue
-        table = pq.read_table(
-            file, columns=[c for c in ("id", "error", "error_kind") if c in names], filesystem=fs
-        )
-        mask = pc.is_valid(table.column("error"))
-        if "error_kind" in names:
-            mask = pc.and_(mask, pc.invert(pc.fill_null(pc.equal(table.column("error_kind"), "row"), False)))
-        chunks += table.filter(mask).column("id").cast(pa.string()).chunks
-    return pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
-
-
-def drop_rows(path: str, ids: pa.Array) -> int:
-    """Remove the rows with these ids from the committed parts; return how many went.
-
-    Each affected part is rewritten atomically (temp file, fsync, rename over it) or deleted when
-    nothing is left, one part at a time: a crash half way leaves every row either committed once or
-    not committed (so pending, and generated by the next run), never twice."""
-    if not len(ids):
-        return 0
-    fs, root = _filesystem(path)
-    dropped = 0
-    for number in _part_numbers(fs, root):
-        name = part_name(number)
-        table = pq.read_table(f"{root}/{name}", filesystem=fs)
-        keep = pc.invert(pc.is_in(table.column("id"), value_set=ids))
-        kept = table.filter(keep)
-        if kept.num_rows == table.num_rows:
-            continue
-        dropped += table.num_rows - kept.num_rows
-        if kept.num_rows:
-            write = lambda temp, kept=kept: pq.write_table(kept, temp, filesystem=fs)  # noqa: E731
-            atomic_write(fs, root, name, write, replace=True)
-        else:
-            fs.delete_file(f"{root}/{name}")
-    return dropped
-
-
-def write_json(path: str, name: str, document: dict) -> None:
-    """Atomically (and durably, on a local disk) write a document of the directory as indented JSON."""
-    fs, root = _filesystem(path)
+def write_json(path: str, name: str, document: dict, fence: Callable | None = None) -> None:
+    """Atomically (and durably, on a local disk) write a document of the directory as indented JSON;
+    `fence` (the lease's check) runs right before it is renamed into place."""
+    fs, root = filesystem(path)
     data = json.dumps(document, indent=2, sort_keys=True, default=str).encode() + b"\n"
 
     def write(temp: str) -> None:
@@ -191,13 +97,13 @@ def write_json(path: str, name: str, document: dict) -> None:
             stream.write(data)
 
     fs.create_dir(root, recursive=True)
-    atomic_write(fs, root, name, write)
+    atomic_write(fs, root, name, write, fence=fence)
 
 
 def read_json(path: str, name: str) -> dict | None:
     """A document written by `write_json`, or None when there is none; ValueError (naming the file)
     when it is not valid JSON."""
-    fs, root = _filesystem(path)
+    fs, root = filesystem(path)
     file = f"{root}/{name}"
     if fs.get_file_info(file).type != pafs.FileType.File:
         return None
@@ -209,9 +115,9 @@ def read_json(path: str, name: str) -> dict | None:
         raise ValueError(f"{file} is not valid JSON ({err})") from None
 
 
-def write_summary(path: str, summary: dict) -> None:
-    """Atomically write the job summary as indented JSON."""
-    write_json(path, SUMMARY_NAME, summary)
+def write_summary(path: str, summary: dict, fence: Callable | None = None) -> None:
+    """Atomically write the job summary as indented JSON (after `fence`, the lease's check)."""
+    write_json(path, SUMMARY_NAME, summary, fence)
 
 
 def read_summary(path: str) -> dict | None:
@@ -231,8 +137,9 @@ class PartWriter:
     Part numbers continue after the highest existing part, so a resumed job appends; a commit never
     replaces an existing part. Every part has the same schema: ``schema`` if given, else the first
     table's (null-typed columns become strings, since an all-null first batch, e.g. ``error``, says
-    nothing about later ones). ``before_commit`` (the lease's check) runs before each commit.
-    One writer per directory at a time: the directory's lease (`runner.io.lease`) makes it so.
+    nothing about later ones). ``generation`` (the lease's) is written into each part's metadata and
+    ``fence`` (the lease's check) runs right before each part is linked into place: a part written
+    under a lease that was meanwhile taken over is never committed (`runner.io.catalogue`).
     """
 
     def __init__(
@@ -241,19 +148,21 @@ class PartWriter:
         rows_per_file: int,
         schema: pa.Schema | None = None,
         flush_seconds: float | None = None,
-        before_commit=None,
+        fence: Callable | None = None,
+        generation: int | None = None,
     ):
         if rows_per_file < 1:
             raise OutputError(f"output.rows_per_file: must be at least 1 (got {rows_per_file})")
-        self.fs, self.root = _filesystem(path)
+        self.fs, self.root = filesystem(path)
         self.fs.create_dir(self.root, recursive=True)
         self.rows_per_file = rows_per_file
         self.flush_seconds = flush_seconds
-        self.before_commit = before_commit
-        self.schema = schema
+        self.fence = fence
+        self.generation = generation
+        self.schema = None if schema is None else self._tagged(schema)
         self.rows_written = 0
         self.files_written: list[str] = []
-        self._next = max(_part_numbers(self.fs, self.root), default=-1) + 1
+        self._next = max(Catalogue(self.fs, self.root).numbers(), default=-1) + 1
         self._buffer: list[pa.Table] = []
         self._buffered = 0
         self._oldest: float | None = None  # monotonic time the oldest buffered row arrived
@@ -263,7 +172,7 @@ class PartWriter:
         """Add rows; every full ``rows_per_file`` rows are committed as one part."""
         with self._lock:
             if self.schema is None:
-                self.schema = _default_schema(table.schema)
+                self.schema = self._tagged(_default_schema(table.schema))
             self._buffer.append(_conform(table, self.schema))
             self._buffered += table.num_rows
             if self._oldest is None and table.num_rows:
@@ -296,14 +205,21 @@ class PartWriter:
         Only those exact name patterns go: a user's file next to them, even ``part-1.parquet`` or
         ``job.json``, is left alone. The lease stays: the caller holds it.
         """
-        fs, root = _filesystem(path)
+        fs, root = filesystem(path)
         names = _names(fs, root)
         # The summary goes last: killed half way, the directory still says it is the runner's.
-        ours = [n for n in names if _PART_RE.match(n) or _TEMP_RE.match(n)]
+        ours = [n for n in names if PART_RE.match(n) or _TEMP_RE.match(n)]
         ours += [SUMMARY_NAME] if SUMMARY_NAME in names else []
         for name in ours:
             fs.delete_file(f"{root}/{name}")
         return ours
+
+    def _tagged(self, schema: pa.Schema) -> pa.Schema:
+        if self.generation is None:
+            return schema
+        return schema.with_metadata(
+            {**(schema.metadata or {}), GENERATION_KEY: str(self.generation).encode()}
+        )
 
     def _flush_if_due(self) -> None:
         if self.flush_seconds is None or self._oldest is None or not self._buffered:
@@ -312,15 +228,15 @@ class PartWriter:
             self._flush(self._buffered)
 
     def _flush(self, rows: int) -> None:
-        if self.before_commit is not None:
-            self.before_commit()
+        if self.fence is not None:  # before the write too: a lost lease costs no Parquet encoding
+            self.fence()
         pending = pa.concat_tables(self._buffer)
         part, rest = pending.slice(0, rows), pending.slice(rows)
         while True:
             name = part_name(self._next)
             self._next += 1
             write = lambda temp: pq.write_table(part, temp, filesystem=self.fs)  # noqa: E731
-            if atomic_write(self.fs, self.root, name, write, replace=False):
+            if atomic_write(self.fs, self.root, name, write, replace=False, fence=self.fence):
                 break
         self.files_written.append(f"{self.root}/{name}")
         self.rows_written += rows

@@ -1,0 +1,79 @@
+"""`runner submit`: run a job on a Ray cluster through Ray's Job Submission API."""
+
+from __future__ import annotations
+
+import argparse
+
+from runner.cli import options
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("submit", help="submit a job to a Ray cluster (attaches when it is already running)")
+    p.add_argument("config", help="job config (YAML), inside the working directory")
+    options.add_address(p)
+    p.add_argument("--kind", choices=["run", "eval"], default="run", help="the job's command (default: run)")
+    p.add_argument("--no-wait", action="store_true", help="print the submission id and return")
+    p.add_argument(
+        "--working-dir", default=".", metavar="DIR", help="shipped to the cluster (default: this directory)"
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="environment variable for the job (a bare NAME takes its value from here); repeatable",
+    )
+    p.add_argument(
+        "--pip",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="pip requirement installed for the job (runtime_env pip), e.g. hf-batch-runner==0.1.0",
+    )
+    options.add_job_options(p)
+
+
+def execute(args: argparse.Namespace) -> int:
+    from runner import submit
+    from runner.config import load_config
+    from runner.logs import terminal
+
+    cfg = load_config(args.config, options.overrides(args), kind=_kind_config(args.kind))
+    sub = submit.plan(
+        args.config, cfg, _job_args(args), args.kind, args.working_dir, env=args.env, pip=args.pip
+    )
+    client = submit.connect(args.address)
+    sid, attached = submit.submit(client, sub)
+    verb = "attached to the running job" if attached else "submitted"
+    print(f"{verb} {sid} (runner logs {sid} --follow; runner stop {sid})", file=terminal(), flush=True)
+    if args.no_wait:
+        print(sid)
+        return 0
+    try:
+        submit.follow(client, sid)
+    except KeyboardInterrupt:
+        print(f"detached: {sid} keeps running on the cluster (runner stop {sid})", file=terminal())
+        return 130
+    details = submit.wait(client, sid)
+    print(submit.describe(details), file=terminal())
+    return submit.exit_code(details)
+
+
+def _kind_config(kind: str):
+    if kind == "eval":
+        from runner.scoring.config import EvalConfig
+
+        return EvalConfig
+    from runner.config import JobConfig
+
+    return JobConfig
+
+
+def _job_args(args: argparse.Namespace) -> list[str]:
+    """The job options to pass on to the driver's command line (the config is resolved there again)."""
+    out = [item for value in options.overrides(args) for item in ("--set", value)]
+    if args.overwrite:
+        out.append("--overwrite")
+    if args.max_error_rate is not None:
+        out += ["--max-error-rate", str(args.max_error_rate)]
+    return out
