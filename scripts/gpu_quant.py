@@ -72,7 +72,13 @@ def main(argv=None) -> int:
             report["results"].append({"mode": mode, "error": f"{type(err).__name__}: {str(err)[:400]}"})
             continue
         base = results.get("bf16", results[mode])
-        report["results"].append({"mode": mode} | results[mode].row(base, base.texts))
+        row = results[mode].row(base, base.texts)
+        names = {
+            "contender": "strategy",
+            "vs_baseline": "vs_bf16",
+            "same_text_as_baseline": "same_text_as_bf16",
+        }
+        report["results"].append({"mode": mode} | {names.get(k, k): v for k, v in row.items()})
         if args.json:
             args.json.write_text(json.dumps(report, indent=1))
         torch.cuda.empty_cache()

@@ -110,7 +110,7 @@ def test_bitsandbytes_on_cuda(small_model, oracle_bf16, mode):
         if mode == "4bit":
             assert isinstance(down, bnb.nn.Linear4bit)
             assert down.weight.quant_state.quant_type == "nf4"
-            assert down.weight.quant_state.nested  # double quantization: the scales are quantized too
+            assert down.weight.compress_statistics and down.weight.quant_state.nested  # double quant
         else:
             assert isinstance(down, bnb.nn.Linear8bitLt)
             assert down.weight.dtype == torch.int8
@@ -119,12 +119,9 @@ def test_bitsandbytes_on_cuda(small_model, oracle_bf16, mode):
         assert footprint < 0.75
         requests = requests_for(engine, MIXED, LIMITS)
         done = engine.generate(requests)
-        if engine.strategy == "padded":  # padded runs on the caller's thread: its model is free now
-            check_against_oracle(engine.model, requests, done, f"bitsandbytes {mode} {engine.strategy}")
-        else:
-            assert all(c.error is None for c in done), [c.error for c in done if c.error]
     finally:
-        engine.close()
+        engine.close()  # the continuous manager's thread stops: the model is free for the oracle
+    check_against_oracle(engine.model, requests, done, f"bitsandbytes {mode} {engine.strategy}")
 
 
 def test_device_map_auto_with_max_memory_splits_over_gpu_and_cpu(small_model):
@@ -155,7 +152,7 @@ def cap_memory(extra_bytes: int) -> None:
 
 
 def test_out_of_memory_splits_the_batch_and_retries_for_real(small_model, caplog):
-    batching = BatchingConfig(strategy="padded", token_budget=10**7, max_batch_size=64, max_padding=10.0)
+    batching = BatchingConfig(strategy="padded", token_budget=10**7, max_batch_size=64, max_padding=1.0)
     engine = Engine(bf16(small_model), SamplingConfig(), batching)
     rows = long_rows(engine, 32)
     try:
