@@ -2,14 +2,14 @@
 # The GPU check of issue 18 in one command: every step in order, each under its own `timeout`, every
 # result written under $OUT as the step runs (a step that fails or times out loses none before it).
 #
-#   scripts/gpu_check.sh            run every step (about 8 minutes on an H100/H200; limits sum to 570 s)
+#   scripts/gpu_check.sh            run every step (about 8 minutes on an H100/H200; limits sum to 565 s)
 #   scripts/gpu_check.sh --dry-run  every step skips and says what it would run; exits 0
 #   scripts/gpu_check.sh --fetch-wheels   fill .whl/ here with what the image lacks (below)
 #   GPU_CHECK_STEPS="bench quant" scripts/gpu_check.sh   only these steps (a rerun after a timeout)
 #
-# Steps (limit in seconds):  env 20 (nvidia-smi, versions, pip list)  install 40 (carried wheels)
+# Steps (limit in seconds):  env 15 (nvidia-smi, versions, pip list)  install 30 (carried wheels, always)
 #   model 60 (build demo bench-1b once)  tests 90 (pytest -m gpu)  exact 130 (scripts/gpu_exact.py)
-#   bench 180 (scripts/bench.py --gpu)  quant 50 (scripts/gpu_quant.py: bitsandbytes 4-bit vs bf16)
+#   bench 180 (scripts/bench.py --gpu)  quant 60 (scripts/gpu_quant.py: bitsandbytes 4-bit vs bf16)
 # Without CUDA every step but env skips, saying why; --dry-run skips env too.
 #
 # $OUT (default /tmp/gpu_check_out) gets at most 7 files, as the device tool returns at most 8:
@@ -21,11 +21,12 @@
 # x86-64 CPython 3.12 wheels as the image runs): bitsandbytes (not in the image); pydantic, pydantic_core,
 # annotated-types, typing-inspection, typing_extensions (runner.config needs pydantic; the image has none);
 # transformers at the lock's version (the image had 5.17 on 2026-11, which runner/compat.py was never
-# checked on; env.txt records the image's own before the carried one shadows it). By hand, for one:
+# checked on; env.txt records the image's own before the carried one shadows it) and regex (transformers
+# refuses to import with a regex older than 2025.10.22, and the image's is not known). By hand, for one:
 #   python3 -m pip download bitsandbytes==0.50.2 --no-deps -d .whl --platform manylinux_2_24_x86_64 \
 #       --only-binary=:all: --python-version 3.12
 # Sizes, 2026-12-02: bitsandbytes 0.50.2 41.1 MiB (its CUDA 11.8-13.2 builds in one wheel; the image's
-# torch is cu130), transformers 5.23.0 12.7 MiB, the pydantic five 2.8 MiB: ~57 MiB with the ~1 MiB
+# torch is cu130), transformers 5.23.0 12.7 MiB, regex and the pydantic five 3.6 MiB: ~58 MiB with the ~1 MiB
 # tree, under the tool's 64 MiB limit on what travels (--dry-run prints the sum). The image has torch,
 # accelerate, pyarrow, tokenizers, safetensors, huggingface-hub, psutil, pyyaml, jinja2, pytest and
 # pytest-timeout, and no Ray: the engine never imports Ray, bench.py skips its ray-job contender.
@@ -49,7 +50,7 @@ case "${1:-}" in
 	exit 2
 	;;
 esac
-CARRIED="bitsandbytes transformers pydantic pydantic_core annotated-types typing-inspection typing_extensions"
+CARRIED="bitsandbytes transformers regex pydantic pydantic_core annotated-types typing-inspection typing_extensions"
 if [ "${FETCH:-0}" = 1 ]; then
 	mkdir -p .whl
 	pins=""
@@ -90,7 +91,7 @@ note() { echo "$*" | tee -a "$SUMMARY"; }
 # step NAME LIMIT NEEDS_GPU OUTFILE COMMAND: run COMMAND under `timeout LIMIT`, its output into OUTFILE.
 step() {
 	local name=$1 limit=$2 gpu=$3 file=$4 cmd=$5
-	if [[ " $STEPS " != *" $name "* ]]; then
+	if [[ " $STEPS " != *" $name "* ]] && [ "$name" != install ]; then # a fresh machine needs install
 		note "SKIP $name: not in GPU_CHECK_STEPS"
 		return 1
 	fi
@@ -144,15 +145,15 @@ if [ "$DRY" = 1 ]; then
 	wheels=$(ls .whl/*.whl 2>/dev/null | wc -l)
 	echo "carry: .whl holds $wheels wheel(s), $(du -sm .whl 2>/dev/null | cut -f1) MiB; tracked tree $(git ls-files -z | xargs -0 du -cm | tail -1 | cut -f1) MiB (device limit 64 MiB in all)" | tee -a "$LOG"
 fi
-step env 20 0 "$OUT/env.txt" "$ENV_CMD"
-if step install 40 1 "$LOG" "$INSTALL_CMD"; then
+step env 15 0 "$OUT/env.txt" "$ENV_CMD"
+if step install 30 1 "$LOG" "$INSTALL_CMD"; then
 	export PYTHONPATH=$SITE:$PYTHONPATH
 fi
 step model 60 1 "$LOG" "$MODEL_CMD"
 step tests 90 1 "$OUT/pytest.txt" "$TESTS_CMD"
 step exact 130 1 "$LOG" "$PY scripts/gpu_exact.py --json $OUT/exact.json"
 step bench 180 1 "$LOG" "$PY scripts/bench.py --gpu --only baseline padded continuous --json $OUT/bench.json"
-step quant 50 1 "$LOG" "$PY scripts/gpu_quant.py --prompts 96 --json $OUT/quant.json"
+step quant 60 1 "$LOG" "$PY scripts/gpu_quant.py --prompts 96 --json $OUT/quant.json"
 
 echo "--- summary"
 cat "$SUMMARY"
