@@ -11,6 +11,7 @@ the share says how far greedy outputs move). The JSON is rewritten after each mo
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from pathlib import Path
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     if not (torch.cuda.is_available() or args.allow_cpu):
         print("gpu_quant.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    workload = dict(WORKLOADS["gpu"], prompts=args.prompts)
+    workload = dict(WORKLOADS["gpu"], model=args.model, prompts=args.prompts, rows=args.max_batch_size)
     rows = make_rows(load_tokenizer(model_config(args.model, "bf16")), workload, args.prompts, args.seed)
     batching = {"max_batch_size": args.max_batch_size}
     report = {
@@ -63,6 +64,8 @@ def main(argv=None) -> int:
     report["results"] = []
     print("warm-up ...", file=sys.stderr, flush=True)
     run_engine(args.strategy, model_config(args.model, "bf16"), rows[:8], batching)
+    gc.collect()
+    torch.cuda.empty_cache()
     results = {}
     for mode in args.modes:
         print(f"running {mode} ...", file=sys.stderr, flush=True)
@@ -81,6 +84,7 @@ def main(argv=None) -> int:
         report["results"].append({"mode": mode} | {names.get(k, k): v for k, v in row.items()})
         if args.json:
             args.json.write_text(json.dumps(report, indent=1))
+        gc.collect()  # the previous engine's caches go back before the next one sizes its own
         torch.cuda.empty_cache()
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
