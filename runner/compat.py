@@ -163,6 +163,38 @@ def request_processor_state(request) -> tuple[dict, int]:
     return request.state.logit_processor_kwargs, request.state.position_offset
 
 
+_MATCHED = "_runner_prefix_tokens_matched"
+
+
+def count_prefix_matches() -> None:
+    """Make every `PagedAttentionCache` count the prompt tokens its prefix sharing took from cached
+    blocks (`search_prefix_match`, wrapped once per process), for `prefix_tokens_matched`.
+
+    Why undocumented: block sharing (`ContinuousBatchingConfig.allow_block_sharing`) is public, but
+    how many tokens it saved is only the return value of the scheduler's internal call. On a version
+    without the method nothing is counted. Checked: transformers 5.24.0."""
+    cache = paged_cache_class()
+    search = getattr(cache, "search_prefix_match", None)
+    if search is None or getattr(search, "_runner_counting", False):
+        return
+
+    def counting(self, request_id, prompt_ids):
+        matched = search(self, request_id, prompt_ids)
+        setattr(self, _MATCHED, getattr(self, _MATCHED, 0) + matched)
+        return matched
+
+    counting._runner_counting = True
+    cache.search_prefix_match = counting
+
+
+def prefix_tokens_matched(manager) -> int:
+    """Prompt tokens the manager's current paged cache took from shared blocks (`count_prefix_matches`;
+    `batch_processor.cache`). 0 before the cache is built and after the manager stopped.
+    Checked: transformers 5.24.0."""
+    processor = getattr(manager, "batch_processor", None)
+    return getattr(getattr(processor, "cache", None), _MATCHED, 0)
+
+
 # --- transformers: attention functions for the paged cache ------------------------------------------
 
 

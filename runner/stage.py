@@ -24,6 +24,7 @@ from runner.io.catalogue import duplicate_id_error
 from runner.io.outputs import INPUT_ERROR, OUTPUT_COLUMNS
 from runner.prompts import PromptBuilder, RowError
 from runner.row_options import RowOptions
+from runner.summary import PREFIX_REUSED_KEY
 from runner.watchdog import Stalled, Watchdog
 
 if TYPE_CHECKING:
@@ -83,6 +84,14 @@ def set_cpu_threads(share: int) -> int:
     threads = max(1, min(share, cores))
     torch.set_num_threads(threads)
     return threads
+
+
+def with_prefix_count(table: pa.Table, engine) -> pa.Table:
+    """`table` carrying the engine's running count of prompt tokens reused from shared prefixes
+    (schema metadata; the driver sums each replica's latest into _job.json, runner.summary)."""
+    parts = (getattr(engine, "generator", None), getattr(engine, "scorer", None))
+    count = sum(getattr(part, "prefix_tokens_reused", 0) for part in parts)
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), PREFIX_REUSED_KEY: str(count)})
 
 
 @dataclass
@@ -172,7 +181,8 @@ class GenerationStage:
             self._generate(requests, done, isolated)
         if len(isolated) == len(requests):  # every row failed alone: the engine is broken, not the rows
             isolated.clear()
-        return self.extra_columns.append(self._output(batch, rows, done, isolated), rows, done)
+        out = self.extra_columns.append(self._output(batch, rows, done, isolated), rows, done)
+        return with_prefix_count(out, self.engine)
 
     def _generate(self, requests: list[Request], done: dict, isolated: set) -> None:
         """Complete `requests` into `done`; a call that raises (not out of memory: the engine splits

@@ -11,6 +11,10 @@ import pyarrow.compute as pc
 
 from runner.config import JobConfig
 
+# Schema metadata of a stage's output batch: its replica's running count of prompt tokens reused from
+# shared prefixes (runner.engine.prefix). Running, not per batch: concurrent batches share the engine.
+PREFIX_REUSED_KEY = b"runner.prefix_tokens_reused"
+
 _LIBRARIES = [
     "torch",
     "transformers",
@@ -45,6 +49,7 @@ class JobStats:
     rows_skipped: int = 0
     rows_retried: int = 0  # error rows of earlier runs dropped to be generated again (--retry-errors)
     started: float = field(default_factory=time.monotonic)
+    prefix_reused: dict[str, int] = field(default_factory=dict)  # replica -> its latest running count
 
     def add(self, batch: pa.Table) -> None:
         errors = batch.num_rows - batch.column("error").null_count
@@ -52,6 +57,14 @@ class JobStats:
         self.rows_ok += batch.num_rows - errors
         self.prompt_tokens += int(pc.sum(batch.column("prompt_tokens")).as_py() or 0)
         self.generated_tokens += int(pc.sum(batch.column("generated_tokens")).as_py() or 0)
+        reused = (batch.schema.metadata or {}).get(PREFIX_REUSED_KEY)
+        if reused is not None and batch.num_rows and "replica" in batch.column_names:
+            replica = batch.column("replica")[0].as_py()
+            self.prefix_reused[replica] = max(self.prefix_reused.get(replica, 0), int(reused))
+
+    @property
+    def prefix_tokens_reused(self) -> int:
+        return sum(self.prefix_reused.values())
 
     @property
     def rows(self) -> int:
@@ -87,6 +100,7 @@ def build_summary(cfg: JobConfig, stats: JobStats, **extra) -> dict:
         "rows_retried": stats.rows_retried,
         "prompt_tokens": stats.prompt_tokens,
         "generated_tokens": stats.generated_tokens,
+        "prefix_tokens_reused": stats.prefix_tokens_reused,
         "wall_time_s": round(stats.wall_s, 3),
         "generated_tokens_per_s": round(stats.tokens_per_s(), 2),
         **extra,
@@ -110,6 +124,8 @@ def _resume_note(summary: dict) -> str:
         notes.append(f"{summary['rows_skipped_already_done']} rows were already done")
     if summary.get("rows_retried"):
         notes.append(f"{summary['rows_retried']} error rows retried")
+    if summary.get("prefix_tokens_reused"):
+        notes.append(f"{summary['prefix_tokens_reused']} prompt tokens reused from shared prefixes")
     if summary.get("replica_restarts"):
         notes.append(f"{summary['replica_restarts']} replica restart(s)")
     return f"; {', '.join(notes)}" if notes else ""

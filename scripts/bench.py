@@ -16,6 +16,8 @@ generated tokens but the last, over the token positions the model computed),
 peak memory (CUDA: max allocated; CPU: peak RSS of the process tree), wall time, and the share of rows
 whose text equals the baseline's.
 
+--workload shared-prefix: prefix sharing on vs off (batching.prefix_sharing), see scripts/bench_prefix.py.
+
 CPU default (about 4 minutes on 2 cores): demo small-llama in fp32, 112 prompts of 16-1024 tokens,
 8-128 new tokens each: the GPU workload's shapes, fewer and shorter so the baseline fits the time.
 --gpu: demo bench-1b (~1B parameters) in bf16 on CUDA, 512 prompts of 16-2000 tokens, 8-256 new
@@ -74,6 +76,7 @@ class Result:
     positions: int | None
     peak_mem_gib: float
     texts: list[str] = field(repr=False)
+    reused: int | None = None  # the job's prefix_tokens_reused (_job.json)
 
     def row(self, base: Result, base_texts: list[str]) -> dict:
         rate = self.useful_tokens / self.wall_s
@@ -247,13 +250,16 @@ def run_ray_job(model_cfg, rows: list[dict], batching: dict, workdir: Path) -> R
     # is the job: replica start, model load, generation, Parquet writing.
     connect(cfg.ray)
     with Meter() as meter:
-        run(cfg, overwrite=True)
+        summary = run(cfg, overwrite=True)
     ray.shutdown()
     table = pq.read_table(workdir / "out").to_pandas().sort_values("id")
     useful = int(table["generated_tokens"].sum())
     needed = sum(map(positions_needed, table["prompt_tokens"], table["generated_tokens"]))
     texts = list(table["generation"])
-    return Result("ray-job", meter.wall, useful, needed, None, meter.peak / 2**30, texts)
+    peak = meter.peak / 2**30
+    return Result(
+        "ray-job", meter.wall, useful, needed, None, peak, texts, summary.get("prefix_tokens_reused")
+    )
 
 
 def print_table(table: list[dict]) -> None:
@@ -270,6 +276,25 @@ def print_table(table: list[dict]) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--workload",
+        choices=["plain", "shared-prefix"],
+        default="plain",
+        help="plain: the contenders above; shared-prefix: prefix sharing on vs off (scripts/bench_prefix.py)",
+    )
+    p.add_argument(
+        "--size",
+        choices=["full", "cpu", "quick"],
+        default="full",
+        help="shared-prefix: full = 256 rows / 200 questions; cpu = half of them; quick = a dry run",
+    )
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["generation", "eval", "plain"],
+        default=["generation", "eval", "plain"],
+        help="shared-prefix: which comparisons to run",
+    )
     p.add_argument("--gpu", action="store_true", help="GPU workload: ~1B model in bf16 on CUDA")
     p.add_argument("--prompts", type=int, help="number of prompts (CPU 112, GPU 512)")
     p.add_argument("--max-len", type=int, help="longest prompt in tokens (CPU 1024, GPU 2000)")
@@ -292,6 +317,8 @@ def main(argv=None) -> int:
     from runner.config import ModelConfig
     from runner.engine.loading import load_tokenizer
 
+    if args.workload == "shared-prefix":
+        return shared_prefix(args)
     mode = dict(MODES["gpu" if args.gpu else "cpu"])
     overrides = {
         "prompts": args.prompts,
@@ -329,6 +356,20 @@ def main(argv=None) -> int:
     print_table(table)
     if args.json:
         args.json.write_text(json.dumps({"workload": mode, "device": device, "results": table}, indent=2))
+    return 0
+
+
+def shared_prefix(args: argparse.Namespace) -> int:
+    import bench_prefix
+    import torch
+
+    table = bench_prefix.main(args.size, args.seed, args.parts)
+    device = f"CPU x{os.cpu_count()}" if not torch.cuda.is_available() else torch.cuda.get_device_name()
+    size = bench_prefix.SIZES[args.size]
+    print(f"\nshared-prefix workload: {size} on {device}, demo small-llama fp32\n")
+    print_table(table)
+    if args.json:
+        args.json.write_text(json.dumps({"workload": size, "device": device, "results": table}, indent=2))
     return 0
 
 

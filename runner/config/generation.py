@@ -91,6 +91,14 @@ class BatchingConfig(_Strict):
         le=1,
         description="padded: pad positions allowed in a prefill, as a share of its prompt tokens",
     )
+    prefix_sharing: bool = Field(
+        True,
+        description="padded and scoring: rows of a replica whose prompts begin with the same tokens compute "
+        "that prefix once and prefill only the rest (see prefix_min_tokens); false: every row its whole prompt",
+    )
+    prefix_min_tokens: int = Field(
+        64, ge=1, description="the shortest common prompt prefix worth computing once (one KV page: 64)"
+    )
     stall_timeout_s: float | None = Field(
         600.0,
         gt=0,

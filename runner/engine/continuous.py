@@ -10,6 +10,10 @@ runs its own generation thread; this module adds what it lacks for a batch job:
 - sampling reproducible per row: a logits processor adds keyed Gumbel noise (runner.engine.sampling)
   after transformers' per-request temperature / top-k / top-p warpers, and the manager takes the argmax;
 - per-sequence attention where transformers' own paged path is not exact (runner.engine.paged_attention);
+- shared prompt prefixes computed once (`batching.prefix_sharing`): transformers' block sharing
+  (`allow_block_sharing`) gives a request the cached KV pages of an earlier request's identical
+  prompt start (whole pages: 64 tokens on CPU); the tokens it saved are counted. transformers shares
+  blocks only for full-attention models: one with sliding-window layers runs unshared (logged);
 - an out-of-memory failure of the generation thread is raised to the caller (who splits the batch)
   and the manager is restarted;
 - no hang when a library changes: every request is streamed, so each call sees its own progress
@@ -37,6 +41,7 @@ import torch
 from runner import compat
 from runner.config import BatchingConfig, SamplingConfig
 from runner.engine import paged_attention
+from runner.engine.architecture import Architecture
 from runner.engine.memory import split_on_oom, token_budget
 from runner.engine.processors import row_kwargs, sampling_processors
 from runner.engine.routing import needs_padded, split_run
@@ -89,6 +94,7 @@ def cb_config(model, batching: BatchingConfig):
         "max_memory_percent": batching.memory_fraction,
         # runner.engine.loading already picked FA2 where it can run; never switch a model it kept off FA2.
         "auto_switch_to_flash": False,
+        "allow_block_sharing": batching.prefix_sharing,
     }
     if model.device.type != "cuda":
         kwargs |= {"page_size": CPU_PAGE_SIZE, "max_batch_tokens": CPU_STEP_TOKENS}
@@ -106,6 +112,7 @@ def build_manager(model, tokenizer, sampling: SamplingConfig, batching: Batching
 
     if "flash" not in compat.attn_implementation(model):
         paged_attention.install()
+    compat.count_prefix_matches()
     generation = GenerationConfig(do_sample=False, eos_token_id=-1, pad_token_id=tokenizer.pad_token_id)
     manager = model.init_continuous_batching(
         generation_config=generation, continuous_batching_config=cb_config(model, batching)
@@ -158,6 +165,13 @@ class ContinuousGenerator:
         self.stopper = Stopper(tokenizer, set(self.eos) - {-1}, sampling.stop)
         serialise_forwards(model)
         self.manager = build_manager(model, tokenizer, sampling, batching)
+        self._matched_before = 0  # prefix tokens matched by the caches of managers restarted since
+        if batching.prefix_sharing and "sliding_attention" in Architecture.of(model).layer_types:
+            log.info(
+                "continuous: no prefix sharing for %s: transformers shares KV blocks of full-attention "
+                "models only, and this one has sliding-window layers",
+                type(model).__name__,
+            )
         self._fallback, self._fallback_args = None, (model, tokenizer, sampling, batching)
         self._pending: dict[str, tuple[Sequence, _Call]] = {}
         self._lock = threading.Lock()
@@ -186,6 +200,13 @@ class ContinuousGenerator:
             lambda rows: split_on_oom(self.run, rows),
             lambda rows: self._padded().generate(rows),
         )
+
+    @property
+    def prefix_tokens_reused(self) -> int:
+        """Prompt tokens not computed because a request's prompt began with cached blocks of another's
+        (and those of rows run by the padded fallback)."""
+        fallback = self._fallback.prefix_tokens_reused if self._fallback is not None else 0
+        return self._matched_before + compat.prefix_tokens_matched(self.manager) + fallback
 
     def _padded(self):
         with self._lock:
@@ -268,6 +289,7 @@ class ContinuousGenerator:
             thread = compat.manager_thread(self.manager)
             if thread is not None:
                 thread.join(timeout=60)
+            self._matched_before += compat.prefix_tokens_matched(self.manager)
             start_daemon(self.manager)
 
     def _fail(self, reason: str) -> None:

@@ -15,21 +15,28 @@ back to back: 48.4 s with one sorted plan per caller, 37.6 s merged.
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
+
 from runner.config import BatchingConfig, SamplingConfig
 from runner.engine import adapters
 from runner.engine.batching import plan_batches
 from runner.engine.decode import DecodeLoop
+from runner.engine.kv_cache import SlotCache
 from runner.engine.memory import split_on_oom, token_budget
+from runner.engine.prefix import PrefixStore, SharedPrefill
 from runner.engine.processors import RowProcessors
 from runner.engine.sampling import Sampler
-from runner.engine.sequence import Stopper, eos_ids, expand
-from runner.engine.types import Completion, Request
+from runner.engine.sequence import Sequence, Stopper, eos_ids, expand
+from runner.engine.types import Completion, Request, stepped
+from runner.errors import first_line
 
+log = logging.getLogger(__name__)
 # The first caller to find the engine idle waits, at most this long, for callers that announced rows
 # (a replica's other in-flight Ray Data batches, still tokenizing) before the first batch is planned:
 # a batch planned over one caller's few rows mixes every prompt length, and a 20-token row decoding
@@ -77,6 +84,10 @@ class PaddedGenerator:
         pad = tokenizer.pad_token_id
         sampler = Sampler(sampling, RowProcessors(sampling, tokenizer, self.stopper.eos, model))
         self.loop = DecodeLoop(model, sampler, self.stopper, pad, batching.max_padding)
+        if batching.prefix_sharing:
+            store = PrefixStore(model, int(self.budget * PrefixStore.BUDGET_SHARE))
+            prefill = SharedPrefill(model, pad, batching.max_padding, batching.prefix_min_tokens, store)
+            self.loop = SharingLoop(model, sampler, self.stopper, pad, batching.max_padding, prefill)
         self._calls: list[_Call] = []  # oldest first
         self._state = threading.Condition()
         self._busy = False  # a thread is running a batch on the model
@@ -170,5 +181,48 @@ class PaddedGenerator:
             self.loop.run(seqs)
         return self.stopper.completions(requests, seqs, self.sampling.n)
 
+    @property
+    def prefix_tokens_reused(self) -> int:
+        """Prompt tokens not computed because their rows shared a prefix (runner.engine.prefix)."""
+        return self.loop.prefill.tokens_saved if isinstance(self.loop, SharingLoop) else 0
+
     def close(self) -> None:
-        """Nothing to release: the batch's cache lives only inside `run`."""
+        """Nothing to release: the batch's cache lives only inside `run` (and the prefix store)."""
+
+
+class SharingLoop(DecodeLoop):
+    """The decode loop whose prefill computes each shared prompt prefix once (runner.engine.prefix)."""
+
+    def __init__(self, model, sampler, stopper, pad_id: int, max_padding: float, prefill: SharedPrefill):
+        super().__init__(model, sampler, stopper, pad_id, max_padding)
+        self.prefill = prefill
+        self.broken: str | None = None  # why sharing was turned off, once it failed
+
+    def _prefill(self, seqs: list[Sequence], width: int, cache: SlotCache) -> torch.Tensor:
+        if self.broken is not None:
+            return super()._prefill(seqs, width, cache)
+        prompts = [s.request.prompt_ids for s in seqs]
+        try:
+            logits, layers = self.prefill(prompts, width, seqs[0].request.adapter, self._stepping(seqs))
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a model the shared path cannot run: run it unshared
+            self.broken = f"{type(err).__name__}: {first_line(err)}"
+            log.warning(
+                "prefix sharing fails on %s (%s): rows compute their whole prompts from now on",
+                type(self.model).__name__,
+                self.broken,
+            )
+            return super()._prefill(seqs, width, cache)
+        cache.fill(layers)
+        return logits
+
+    def _stepping(self, seqs: list[Sequence]):
+        """`_forward`, counting a step for the batch's calls after each pass (the watchdog's signal)."""
+
+        def forward(ids, mask, positions, cache) -> torch.Tensor:
+            logits = self._forward(ids, mask, positions, cache)
+            stepped(s.request for s in seqs)
+            return logits
+
+        return forward

@@ -9,19 +9,33 @@ it would alone, whatever its attention does (sliding windows, ALiBi) or whether 
 all (state-space models ignore masks). Left padding would need every architecture to honour a mask
 and shifted positions, which not all do. transformers has no batched scoring API of its own, hence
 this module.
+
+Shared contexts (`batching.prefix_sharing`, for models the padded strategy runs exactly): the choices
+of a multiple-choice question are continuations of one context, and the contexts of an eval often
+begin with one few-shot block. Requests whose context another request has too, or whose context
+begins with a prefix other contexts share (at least `batching.prefix_min_tokens`), run the context
+once: contexts are prefilled left-padded, each shared prefix computed once (runner.engine.prefix),
+and each continuation is scored in one more forward pass over a copy of its context's cache, with
+position ids continuing from its context. The other requests keep the single right-padded pass.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from runner.config import BatchingConfig
-from runner.engine.architecture import forward_takes
+from runner.engine.architecture import Architecture, forward_takes, padded_refusal
+from runner.engine.kv_cache import full_cache
 from runner.engine.memory import split_on_oom, token_budget
+from runner.engine.prefix import PrefixStore, SharedPrefill, cache_argument, common_length, last_logits
 from runner.engine.types import Completion, Progress
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,6 +61,43 @@ class ScoreResult:
     error: str | None = None
 
 
+def by_context(requests: list[ScoreRequest]) -> dict[tuple[int, ...], list[ScoreRequest]]:
+    """Requests grouped by their context ids, in first-seen order."""
+    groups: dict[tuple[int, ...], list[ScoreRequest]] = {}
+    for r in requests:
+        groups.setdefault(tuple(r.context_ids), []).append(r)
+    return groups
+
+
+def shares_context(requests: list[ScoreRequest], min_tokens: int) -> list[bool]:
+    """Per request: whether another request has its context, or a context beginning with the same
+    `min_tokens` or more tokens (its last token aside)."""
+    groups = by_context(requests)
+    contexts = sorted(groups)
+    near = {c: len(groups[c]) > 1 for c in contexts}
+    for a, b in zip(contexts, contexts[1:], strict=False):
+        if min(common_length(a, b), len(a) - 1, len(b) - 1) >= min_tokens:
+            near[a] = near[b] = True
+    return [near[tuple(r.context_ids)] for r in requests]
+
+
+def plan_shared(requests: list[ScoreRequest], budget: int, max_rows: int) -> list[list[ScoreRequest]]:
+    """Whole questions (requests of one context), longest context first, cut so that every
+    continuation row x (longest context + longest continuation) stays within the token budget."""
+    questions = sorted(by_context(requests).values(), key=lambda q: len(q[0].context_ids), reverse=True)
+    batches: list[list[ScoreRequest]] = []
+    for question in questions:
+        current = batches[-1] if batches else None
+        if current:
+            rows = current + question
+            width = len(current[0].context_ids) + max(len(r.continuation_ids) for r in rows)
+            if len(rows) <= max_rows and len(rows) * width <= budget:
+                current += question
+                continue
+        batches.append(list(question))
+    return batches
+
+
 def plan_batches(requests: list[ScoreRequest], budget: int, max_rows: int) -> list[list[ScoreRequest]]:
     """Longest first, cut so rows x longest length stays within the token budget."""
     ordered = sorted(requests, key=lambda r: r.length, reverse=True)
@@ -70,6 +121,24 @@ class LoglikelihoodScorer:
         self.budget = token_budget(batching, model)
         self._lock = threading.Lock()  # one forward pass at a time: concurrent callers queue
         self._keep = forward_takes(model, "logits_to_keep")
+        self.sharing = self._sharing(model, batching)
+        self._context_saved = 0  # context tokens continuations took from their context's cache
+
+    def _sharing(self, model, batching: BatchingConfig) -> SharedPrefill | None:
+        """The shared-context prefill, where the padded layout is exact for the model (else None)."""
+        if not batching.prefix_sharing:
+            return None
+        refusal = padded_refusal(Architecture.of(model))
+        if refusal is not None:
+            log.info("scoring: contexts are not shared for %s: %s", type(model).__name__, refusal)
+            return None
+        store = PrefixStore(model, int(self.budget * PrefixStore.BUDGET_SHARE))
+        return SharedPrefill(model, self._pad_id(), batching.max_padding, batching.prefix_min_tokens, store)
+
+    @property
+    def prefix_tokens_reused(self) -> int:
+        """Context tokens not computed because requests shared a context or its prefix."""
+        return self._context_saved + self.sharing.tokens_saved if self.sharing is not None else 0
 
     def score(self, requests: list[ScoreRequest], progress: Progress | None = None) -> list[ScoreResult]:
         """Every request's result, in request order; a row that does not fit even alone is an error.
@@ -77,14 +146,88 @@ class LoglikelihoodScorer:
         for r in requests:
             if not r.context_ids or not r.continuation_ids:
                 raise ValueError(f"score request {r.id}: context and continuation need a token each")
+        shared = [False] * len(requests)
+        if self.sharing is not None:
+            shared = shares_context(requests, self.batching.prefix_min_tokens)
         done: dict[str, ScoreResult] = {}
-        for batch in plan_batches(requests, self.budget, self.batching.max_batch_size):
-            for result in split_on_oom(lambda rows: self._run(rows, progress), batch):
+        rows = self.batching.max_batch_size
+        plain = [r for r, s in zip(requests, shared, strict=True) if not s]
+        run = lambda batch: self._run(batch, progress)  # noqa: E731
+        self._collect(plan_batches(plain, self.budget, rows), run, done)
+        together = [r for r, s in zip(requests, shared, strict=True) if s]
+        run = lambda batch: self._run_shared(batch, progress)  # noqa: E731
+        self._collect(plan_shared(together, self.budget, rows), run, done)
+        return [done[r.id] for r in requests]
+
+    @staticmethod
+    def _collect(batches: list[list[ScoreRequest]], run: Callable, done: dict[str, ScoreResult]) -> None:
+        for batch in batches:
+            for result in split_on_oom(run, batch):
                 # split_on_oom reports a row that does not fit alone as a failed Completion.
                 if isinstance(result, Completion):
                     result = ScoreResult(result.id, error=result.error)
                 done[result.id] = result
-        return [done[r.id] for r in requests]
+
+    @torch.inference_mode()
+    def _run_shared(self, batch: list[ScoreRequest], progress: Progress | None = None) -> list[ScoreResult]:
+        """Each context once (shared prefixes once), then every continuation over its context's cache."""
+        questions = by_context(batch)
+        contexts = [list(c) for c in questions]
+        width = max(len(c) for c in contexts)
+        flat = [r for q in questions.values() for r in q]
+        rows = torch.tensor([i for i, q in enumerate(questions.values()) for _ in q])
+        with self._lock:
+            last, kv = self.sharing(contexts, width, None, last_logits(self.model, progress))
+            rest = self._over_context(flat, rows, kv, width)
+            self._context_saved += sum((len(q) - 1) * len(c) for c, q in questions.items())
+        if progress is not None:
+            progress.step()
+        first = last.log_softmax(-1).index_select(0, rows.to(last.device))
+        return [
+            self._shared_result(r, first[i], rest[i] if rest is not None else None)
+            for i, r in enumerate(flat)
+        ]
+
+    def _over_context(
+        self, flat: list[ScoreRequest], rows: torch.Tensor, kv, width: int
+    ) -> torch.Tensor | None:
+        """Log-probabilities [rows, longest continuation - 1, vocab] predicting each continuation's
+        tokens after its first, from one pass of the continuations (right-padded) over copies of their
+        contexts' caches (left-padded to `width`)."""
+        length = max(len(r.continuation_ids) for r in flat) - 1
+        if length == 0:  # every continuation is one token: the contexts' last logits score them all
+            return None
+        device = self.model.device
+        cache = full_cache(self.model.config)
+        for layer, (keys, values) in zip(cache.layers, kv, strict=True):
+            layer.update(
+                keys.index_select(0, rows.to(keys.device)), values.index_select(0, rows.to(keys.device))
+            )
+        ids = torch.full((len(flat), length), self._pad_id(), dtype=torch.long)
+        mask = torch.zeros((len(flat), width + length), dtype=torch.long)
+        for i, r in enumerate(flat):
+            tail = r.continuation_ids[:-1]
+            ids[i, : len(tail)] = torch.tensor(tail, dtype=torch.long)
+            mask[i, width - len(r.context_ids) :] = 1  # pads after a short continuation: never read
+        starts = torch.tensor([len(r.context_ids) for r in flat])
+        positions = starts[:, None] + torch.arange(length)[None]
+        logits = self.model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            use_cache=True,
+            **{cache_argument(self.model): cache},
+        ).logits
+        return logits.float().log_softmax(-1)
+
+    @staticmethod
+    def _shared_result(r: ScoreRequest, first: torch.Tensor, rest: torch.Tensor | None) -> ScoreResult:
+        """`first`: log-probabilities after the context; `rest`: after each continuation token."""
+        rows = first[None] if rest is None else torch.cat([first[None], rest[: len(r.continuation_ids) - 1]])
+        target = torch.tensor(r.continuation_ids, device=rows.device)
+        logprob = rows.gather(-1, target[:, None]).sum().item()
+        greedy = bool((rows.argmax(-1) == target).all().item())
+        return ScoreResult(r.id, logprob=logprob, greedy=greedy)
 
     @torch.inference_mode()
     def _run(self, batch: list[ScoreRequest], progress: Progress | None = None) -> list[ScoreResult]:

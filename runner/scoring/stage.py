@@ -22,7 +22,7 @@ from runner.prompts import PromptBuilder, RowError
 from runner.scoring import multiple_choice as mc
 from runner.scoring.config import RESERVED_COLUMNS, EvalConfig, TaskConfig
 from runner.scoring.scorers import resolve
-from runner.stage import GenerationStage, replica_label, result_schema, set_cpu_threads
+from runner.stage import GenerationStage, replica_label, result_schema, set_cpu_threads, with_prefix_count
 from runner.watchdog import Stalled, Watchdog
 
 if TYPE_CHECKING:
@@ -165,4 +165,4 @@ class EvalStage:
             rows = [{**json.loads(r["input"]), "id": r["id"]} for r in group]
             for result in self.tasks[name](rows):
                 out.append({**result, "task": name, "replica": self.replica})
-        return pa.Table.from_pylist(out, schema=self.schema)
+        return with_prefix_count(pa.Table.from_pylist(out, schema=self.schema), self.engine)
