@@ -12,7 +12,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from runner.config import RESULT_SECTIONS, DataConfig, JobConfig, _Strict
+from runner.config import RESULT_SECTIONS, DataConfig, JobConfig
+from runner.config.base import _Strict
 from runner.io.outputs import OUTPUT_COLUMNS
 
 MULTIPLE_CHOICE = "multiple_choice"
