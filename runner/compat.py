@@ -172,7 +172,7 @@ def count_prefix_matches() -> None:
 
     Why undocumented: block sharing (`ContinuousBatchingConfig.allow_block_sharing`) is public, but
     how many tokens it saved is only the return value of the scheduler's internal call. On a version
-    without the method nothing is counted. Checked: transformers 5.24.0."""
+    without the method nothing is counted. Checked: transformers 5.23.0, 5.24.0 (same signature)."""
     cache = paged_cache_class()
     search = getattr(cache, "search_prefix_match", None)
     if search is None or getattr(search, "_runner_counting", False):
@@ -190,7 +190,7 @@ def count_prefix_matches() -> None:
 def prefix_tokens_matched(manager) -> int:
     """Prompt tokens the manager's current paged cache took from shared blocks (`count_prefix_matches`;
     `batch_processor.cache`). 0 before the cache is built and after the manager stopped.
-    Checked: transformers 5.24.0."""
+    Checked: transformers 5.23.0, 5.24.0."""
     processor = getattr(manager, "batch_processor", None)
     return getattr(getattr(processor, "cache", None), _MATCHED, 0)
 

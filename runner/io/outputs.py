@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from runner.errors import OutputError
 from runner.io.catalogue import GENERATION_KEY, PART_RE, Catalogue, part_name
 from runner.io.durable import atomic_write, filesystem
+from runner.summary import PREFIX_REUSED_KEY
 
 log = logging.getLogger(__name__)
 
@@ -244,9 +245,15 @@ class PartWriter:
         self._oldest = time.monotonic() if rest.num_rows else None
 
 
+# Batch metadata the stage sends to the driver only (runner.summary: a replica's running counts), never
+# written into part files.
+_DRIVER_ONLY_METADATA = (PREFIX_REUSED_KEY,)
+
+
 def _default_schema(schema: pa.Schema) -> pa.Schema:
     fields = [f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema]
-    return pa.schema(fields, metadata=schema.metadata)
+    metadata = {k: v for k, v in (schema.metadata or {}).items() if k not in _DRIVER_ONLY_METADATA}
+    return pa.schema(fields, metadata=metadata or None)
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
