@@ -10,6 +10,7 @@ import json
 import random
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -356,3 +357,5 @@ def test_a_job_reports_the_prompt_tokens_it_reused_in_its_summary(ray_cpu, tmp_p
     assert written["prefix_tokens_reused"] == summary["prefix_tokens_reused"]
     assert 64 * (len(rows) - 2) < summary["prefix_tokens_reused"] < summary["prompt_tokens"]
     assert summary["rows_ok"] == len(rows)
+    for part in (tmp_path / "out").glob("*.parquet"):  # the count goes to the driver, not into parts
+        assert b"runner.prefix_tokens_reused" not in (pq.read_schema(part).metadata or {})
