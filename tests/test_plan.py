@@ -146,7 +146,16 @@ def measured_row_bytes(path, tokens: int, strategy: str, rows: int = 3) -> float
     ids = torch.randint(0, 500, (rows, tokens))
     with torch.no_grad():
         out = model(ids, past_key_values=cache, use_cache=True)
-    return cache_bytes(out.past_key_values) / rows
+    # The cache the model returns: `past_key_values`, or Mamba's `cache_params` on transformers 5.23.
+    returned = next(
+        (
+            c
+            for c in (getattr(out, n, None) for n in ("past_key_values", "cache_params", "cache"))
+            if c is not None
+        ),
+        cache,
+    )
+    return cache_bytes(returned) / rows
 
 
 @pytest.mark.parametrize(
