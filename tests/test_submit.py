@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -64,13 +65,34 @@ def start_cluster(workers: list[int], cpus: int = 2):
     deadline = time.monotonic() + 60
     while True:  # the job server answers a little after the head is up
         try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=2).read()
+            token = os.environ.get("RAY_AUTH_TOKEN", "")
+            probe = urllib.request.Request(
+                f"{address}/api/version", headers={"Authorization": f"Bearer {token}"}
+            )
+            urllib.request.urlopen(probe, timeout=2).read()
             break
         except OSError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
     return cluster, address
+
+
+@pytest.fixture(scope="module", autouse=True)
+def token_auth():
+    """Ray's token authentication, on and with one token for this module's clusters and every client
+    (the runner CLI in subprocesses inherits it), as `ray start --head` turns it on by default in
+    Ray 2.60: whatever mode an earlier test left in this process's Ray config is reset."""
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    os.environ |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    reset_auth_token_state()
+    yield os.environ["RAY_AUTH_TOKEN"]
+    for key, value in saved.items():
+        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    reset_auth_token_state()
 
 
 @pytest.fixture(scope="module")
