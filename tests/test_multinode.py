@@ -129,7 +129,10 @@ def test_worker_node_killed_mid_job_the_job_finishes_every_row_once(cluster, tmp
     rows = assert_every_row_once(out)
     assert summary["status"] == "done" and summary["output_ids_distinct"] == ROWS
     assert summary["replica_restarts"] >= 1, "the lost replica's restart is counted"
-    assert len({node_of(r) for r in rows}) == 2
+    # The surviving node computed rows (the head has no GPU: the lost replica restarts there too);
+    # whether the lost node's own rows came back before the kill is timing (placement across nodes
+    # is test_replicas_spread_over_worker_nodes_each_with_its_gpu's to prove).
+    assert nodes[1].node_id[:8] in {node_of(r) for r in rows}
 
 
 def test_worker_node_killed_then_back_the_job_finishes_every_row_once(cluster, tmp_path):

@@ -34,7 +34,9 @@ BATCH = pa.table({"id": ["a", "b", "c"], "prompt": ["Hello", "What is the capita
 
 def test_a_stalled_engine_call_fails_its_rows_as_engine_errors_and_the_replica_restarts(stage):
     release = threading.Event()
-    hang = stage.engine.model.register_forward_hook(lambda *_: release.wait(60))  # a hung kernel
+    hang = stage.engine.model.register_forward_hook(
+        lambda *_: release.wait(60) and None
+    )  # a hook returning a value replaces the output  # a hung kernel
     try:
         started = time.monotonic()
         out = stage(BATCH).to_pylist()
