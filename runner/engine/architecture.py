@@ -68,6 +68,12 @@ def forward_takes(model, argument: str) -> bool:
     return argument in inspect.signature(model.forward).parameters
 
 
+def cache_argument(model) -> str:
+    """The name the model's forward takes its KV cache by: transformers 5.24 renamed `past_key_values`
+    to `cache` (the old name warns, and goes in 5.40)."""
+    return "cache" if forward_takes(model, "cache") else "past_key_values"
+
+
 def _default_cache(model) -> bool:
     """Whether generate would give this model a DynamicCache (generation/utils.py)."""
     supports = compat.model_flag(model, "_supports_default_dynamic_cache", None)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from runner.engine.architecture import forward_takes
 from runner.engine.batching import prefill_groups
 from runner.engine.kv_cache import SlotCache, full_cache
+from runner.engine.prefix import last_logits
 from runner.engine.sampling import Sampler
 from runner.engine.sequence import Sequence, Stopper
 from runner.engine.types import stepped
@@ -44,10 +44,7 @@ class DecodeLoop:
         self.stopper = stopper
         self.pad_id = pad_id
         self.max_padding = max_padding
-        # A model whose forward takes no `logits_to_keep` computes all logits.
-        self.keep_last = {"logits_to_keep": 1} if forward_takes(model, "logits_to_keep") else {}
-        # transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns, and goes in 5.40).
-        self.cache_arg = "cache" if forward_takes(model, "cache") else "past_key_values"
+        self._last_logits = last_logits(model)
 
     @torch.inference_mode()
     def run(self, seqs: list[Sequence]) -> None:
@@ -125,12 +122,4 @@ class DecodeLoop:
 
     def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
         """Float logits of each row's last position."""
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **{self.cache_arg: cache},
-            **self.keep_last,
-        )
-        return out.logits[:, -1, :].float()
+        return self._last_logits(ids, mask, positions, cache)

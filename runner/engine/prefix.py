@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from runner.engine.architecture import forward_takes
+from runner.engine.architecture import cache_argument, forward_takes
 from runner.engine.batching import prefill_groups
 from runner.engine.kv_cache import full_cache
 
@@ -266,12 +266,6 @@ def shifted(one: torch.Tensor, shifts: list[int]) -> torch.Tensor:
 
 def _left(tensor: torch.Tensor, pad: int) -> torch.Tensor:
     return torch.nn.functional.pad(tensor, (0, 0, pad, 0)) if pad else tensor
-
-
-def cache_argument(model) -> str:
-    """The name the model's forward takes its KV cache by: transformers 5.24 renamed `past_key_values`
-    to `cache` (the old name warns, and goes in 5.40); as runner.engine.decode does."""
-    return "cache" if forward_takes(model, "cache") else "past_key_values"
 
 
 def last_logits(model, progress=None) -> Forward:

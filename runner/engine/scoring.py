@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import torch
 
 from runner.config import BatchingConfig
-from runner.engine.architecture import Architecture, forward_takes, padded_refusal
+from runner.engine.architecture import Architecture, cache_argument, forward_takes, padded_refusal
 from runner.engine.kv_cache import full_cache
 from runner.engine.memory import split_on_oom, token_budget
-from runner.engine.prefix import PrefixStore, SharedPrefill, cache_argument, common_length, last_logits
+from runner.engine.prefix import PrefixStore, SharedPrefill, common_length, last_logits
 from runner.engine.types import Completion, Progress
 
 log = logging.getLogger(__name__)
