@@ -21,6 +21,24 @@ def runner_cache(tmp_path_factory) -> Path:
     return cache
 
 
+@pytest.fixture(autouse=True)
+def root_logging():
+    """A CLI command run in-process points the root logger at that test's captured stderr, which
+    pytest closes afterwards: put the root logger back as it was after each test."""
+    import logging
+
+    from runner import logs
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    saved = logs._terminal, logs._path, logs._verbose
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.captureWarnings(False)
+    logs._terminal, logs._path, logs._verbose = saved
+
+
 @pytest.fixture(scope="session")
 def tiny_model(runner_cache) -> str:
     """Path of the tiny Llama demo model (random weights, trained BPE tokenizer, chat template)."""
