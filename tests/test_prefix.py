@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from runner import compat
 from runner.config import BatchingConfig, ModelConfig, SamplingConfig
-from runner.engine import Engine, Request
+from runner.engine import Engine, Request, cascade
 from runner.engine.prefix import PrefixStore, common_length, last_logits, share_groups
 from runner.engine.scoring import LoglikelihoodScorer, ScoreRequest
 from runner.errors import ConfigError
@@ -161,6 +162,62 @@ def test_rows_of_every_length_around_a_shared_prefix_equal_the_reference(tiny_mo
     engine.close()
 
 
+def test_cascade_rows_of_two_prefixes_and_none_keep_only_their_own_tokens_and_equal_the_reference(
+    tiny_model, tiny_llama, monkeypatch
+):
+    """One decode batch holding rows of two different system prompts and rows sharing nothing, rows
+    finishing at different steps (so rows move between cache slots): every row equals its unbatched
+    reference, and a shared row's cache holds its suffix, not the prefix (read from one copy)."""
+    from runner.engine.kv_cache import SlotCache
+
+    widths = []
+    fill = SlotCache.fill
+    monkeypatch.setattr(
+        SlotCache, "fill", lambda self, layers: (widths.append(layers[0][0].shape[2]), fill(self, layers))[1]
+    )
+    engine = padded_engine(tiny_model, max_batch_size=16)
+    other = "Reply in French, with one word, and never more than that. " * 4
+    texts = [SYSTEM + q for q in QUESTIONS] + [other + q for q in QUESTIONS[:3]] + ["unrelated", "x y z"]
+    ids = engine.tokenize(texts)
+    first, second = ids[:5], ids[5:8]
+    s1 = min(common_length(first[0], p) for p in first[1:])
+    s2 = min(common_length(second[0], p) for p in second[1:])
+    own = [len(p) - s1 for p in first] + [len(p) - s2 for p in second] + [len(ids[8]), len(ids[9])]
+    limits = [3, 12, 5, 9, 1, 7, 2, 10, 4, 6]
+    before = cascade.calls
+    done = engine.generate([Request(f"r{i}", p, n) for i, (p, n) in enumerate(zip(ids, limits, strict=True))])
+    assert [c.token_ids for c in done] == [
+        [reference(tiny_llama, p, n)] for p, n in zip(ids, limits, strict=True)
+    ]
+    assert engine.generator.loop.copying is None and cascade.calls > before
+    assert s1 > 64 and s2 > 64 and widths[-1] == max(own)  # after the probe: own tokens
+    engine.close()
+
+
+def test_a_model_whose_layers_skip_the_attention_function_copies_the_prefix_instead(
+    tiny_model, tiny_llama, caplog
+):
+    """A model whose layers do not call transformers' SDPA function would read no prefix at all on the
+    cascade path: the first forward finds it (the layer count), and the batch runs on the copy path."""
+    from transformers import AttentionInterface
+
+    engine = padded_engine(tiny_model)
+    ids = engine.tokenize([SYSTEM + q for q in QUESTIONS[:3]])
+    cascade.install()
+    wrapper = AttentionInterface()["sdpa"]
+    plain = compat.attention_originals()["sdpa"]
+    AttentionInterface.register("sdpa", plain)  # the layers now bypass the cascade
+    try:
+        with caplog.at_level("WARNING"):
+            done = engine.generate([Request(str(i), p, 5) for i, p in enumerate(ids)])
+    finally:
+        AttentionInterface.register("sdpa", wrapper)
+    assert "cascade attention does not run on LlamaForCausalLM (0 of 2 layers called" in caplog.text
+    assert [c.token_ids for c in done] == [[reference(tiny_llama, p, 5)] for p in ids]
+    assert engine.generator.loop.copying is not None and engine.generator.prefix_tokens_reused > 0
+    engine.close()
+
+
 def test_sharing_off_computes_every_prompt_and_gives_the_same_tokens(tiny_model):
     prompts = [SYSTEM + q for q in QUESTIONS]
     tokens = []
@@ -184,7 +241,7 @@ def test_a_shared_prefill_that_fails_turns_sharing_off_logged_and_rows_still_com
         raise RuntimeError("this model rejects a prefill over a cache")
 
     engine = padded_engine(tiny_model)
-    monkeypatch.setattr(SharedPrefill, "__call__", broken)
+    monkeypatch.setattr(SharedPrefill, "fill", broken)
     ids = engine.tokenize([SYSTEM + q for q in QUESTIONS[:3]])
     with caplog.at_level("WARNING"):
         done = engine.generate([Request(str(i), p, 5) for i, p in enumerate(ids)])
@@ -212,13 +269,22 @@ def test_every_padded_architecture_shares_a_prefix_longer_than_its_window_exactl
     shared = min(common_length(ids[0], p) for p in ids[1:])
     assert shared > 64 and shared > 4 * arch_models.WINDOW
     limits = [4, 7, 3, 6, 5, 2]
+    calls_before = cascade.calls
     done = engine.generate([Request(f"r{i}", p, n) for i, (p, n) in enumerate(zip(ids, limits, strict=True))])
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     expected = [[reference(model, p, n)] for p, n in zip(ids, limits, strict=True)]
     bad = [i for i, (c, e) in enumerate(zip(done, expected, strict=True)) if c.token_ids != e or c.error]
     assert bad == [], f"{spec.name}: rows {bad} differ from the unbatched reference"
-    assert engine.generator.loop.broken is None
+    loop = engine.generator.loop
+    assert loop.broken is None
     assert engine.generator.prefix_tokens_reused > 4 * (shared - 40)
+    # Each architecture either read the prefix from one copy (cascade attention) or says why it
+    # copied it: known from its config, or found at its first forward (layers that compute their
+    # attention without transformers' attention functions, as Falcon's).
+    if loop.copying is None:
+        assert cascade.calls > calls_before
+    else:
+        assert loop.copying == cascade.unsupported(model) or "layers called the SDPA" in loop.copying
     engine.close()
 
 

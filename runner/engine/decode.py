@@ -49,10 +49,11 @@ class DecodeLoop:
     @torch.inference_mode()
     def run(self, seqs: list[Sequence]) -> None:
         """Append tokens to every sequence until each is finished (seqs sorted longest prompt first)."""
-        width = max(len(s.request.prompt_ids) for s in seqs)
+        lengths = self._cached_lengths(seqs)
+        width = max(lengths)
         cache = SlotCache(self.model.config, width + max(s.request.max_new_tokens for s in seqs))
         logits = self._prefill(seqs, width, cache)
-        mask = self._mask(seqs, width, cache.layers[0].capacity)
+        mask = self._mask(lengths, width, cache.layers[0].capacity)
         active, length = list(seqs), width
         while True:
             chosen = self.sampler.choose_rows(logits, active).tolist()
@@ -72,6 +73,11 @@ class DecodeLoop:
             positions = torch.tensor([[s.position - 1] for s in active], device=mask.device)
             logits = self._forward(step, mask[:rows, :length], positions, cache)
             stepped(s.request for s in active)
+
+    def _cached_lengths(self, seqs: list[Sequence]) -> list[int]:
+        """How many prompt columns each row keeps in the batch's cache: its whole prompt here (a
+        subclass may keep a shared prefix elsewhere, runner.engine.cascade)."""
+        return [len(s.request.prompt_ids) for s in seqs]
 
     def _prefill(self, seqs: list[Sequence], width: int, cache: SlotCache) -> torch.Tensor:
         """Prefill each length group on its own cache, then load them all, left-padded to `width`."""
@@ -100,11 +106,12 @@ class DecodeLoop:
         )
         return torch.cat(logits)
 
-    def _mask(self, seqs: list[Sequence], width: int, capacity: int) -> torch.Tensor:
-        """Attention mask buffer [rows, capacity]: prompts right-aligned at `width`, decode columns after."""
-        mask = torch.zeros((len(seqs), capacity), dtype=torch.long, device=self.model.device)
-        for row, seq in enumerate(seqs):
-            mask[row, width - len(seq.request.prompt_ids) : width] = 1
+    def _mask(self, lengths: list[int], width: int, capacity: int) -> torch.Tensor:
+        """Attention mask buffer [rows, capacity]: the rows' `lengths` cached prompt columns
+        right-aligned at `width`, decode columns after."""
+        mask = torch.zeros((len(lengths), capacity), dtype=torch.long, device=self.model.device)
+        for row, length in enumerate(lengths):
+            mask[row, width - length : width] = 1
         return mask
 
     def _remove(self, slot: int, active: list[Sequence], mask: torch.Tensor, cache: SlotCache) -> None:

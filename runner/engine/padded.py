@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 import torch
 
 from runner.config import BatchingConfig, SamplingConfig
-from runner.engine import adapters
+from runner.engine import adapters, cascade
 from runner.engine.batching import plan_batches
 from runner.engine.decode import DecodeLoop
 from runner.engine.kv_cache import SlotCache
 from runner.engine.memory import split_on_oom, token_budget
-from runner.engine.prefix import PrefixStore, SharedPrefill
+from runner.engine.prefix import Layout, PrefixStore, SharedPrefill
 from runner.engine.processors import RowProcessors
 from runner.engine.sampling import Sampler
 from runner.engine.sequence import Sequence, Stopper, eos_ids, expand
@@ -191,31 +191,104 @@ class PaddedGenerator:
 
 
 class SharingLoop(DecodeLoop):
-    """The decode loop whose prefill computes each shared prompt prefix once (runner.engine.prefix)."""
+    """The decode loop whose prefill computes each shared prompt prefix once (runner.engine.prefix)
+    and, where the model allows it, whose attention reads that prefix from one copy for all the rows
+    that share it, at the prefill of their suffixes and at every decode step (runner.engine.cascade);
+    elsewhere each row's cache gets its own copy of the prefix."""
 
     def __init__(self, model, sampler, stopper, pad_id: int, max_padding: float, prefill: SharedPrefill):
         super().__init__(model, sampler, stopper, pad_id, max_padding)
         self.prefill = prefill
         self.broken: str | None = None  # why sharing was turned off, once it failed
+        self.copying: str | None = cascade.unsupported(model)  # why the prefix is copied per row
+        if self.copying is not None:
+            log.info(
+                "prefix sharing on %s copies the prefix into each row's cache: %s",
+                type(model).__name__,
+                self.copying,
+            )
+        self._layers = model.config.get_text_config().num_hidden_layers
+        self._layout: Layout | None = None  # the running batch's (set by _cached_lengths)
+        self._shared: cascade.Shared | None = None  # the running batch's, on the cascade path
 
-    def _prefill(self, seqs: list[Sequence], width: int, cache: SlotCache) -> torch.Tensor:
+    @torch.inference_mode()
+    def run(self, seqs: list[Sequence]) -> None:
+        try:
+            super().run(seqs)
+        except cascade.NotCascadable as err:
+            if any(s.tokens for s in seqs):
+                raise  # found after tokens were chosen: cannot start again (not seen on any model)
+            self.copying = str(err)
+            log.warning(
+                "cascade attention does not run on %s (%s): each row's cache copies its shared prefix from now on",
+                type(self.model).__name__,
+                err,
+            )
+            super().run(seqs)
+        finally:
+            self._layout = self._shared = None
+
+    def _cached_lengths(self, seqs: list[Sequence]) -> list[int]:
+        self._layout = None
         if self.broken is not None:
-            return super()._prefill(seqs, width, cache)
+            return super()._cached_lengths(seqs)
         prompts = [s.request.prompt_ids for s in seqs]
         try:
-            logits, layers = self.prefill(prompts, width, seqs[0].request.adapter, self._stepping(seqs))
+            self._layout = self.prefill.layout(prompts, seqs[0].request.adapter, self._stepping(seqs))
         except torch.OutOfMemoryError:
             raise
         except Exception as err:  # noqa: BLE001 - a model the shared path cannot run: run it unshared
-            self.broken = f"{type(err).__name__}: {first_line(err)}"
-            log.warning(
-                "prefix sharing fails on %s (%s): rows compute their whole prompts from now on",
-                type(self.model).__name__,
-                self.broken,
-            )
+            self._turn_off(err)
+            return super()._cached_lengths(seqs)
+        if self._cascading:
+            return self._layout.cached_lengths(prompts)
+        return super()._cached_lengths(seqs)
+
+    @property
+    def _cascading(self) -> bool:
+        return self._layout is not None and self._layout.sharing and self.copying is None
+
+    def _prefill(self, seqs: list[Sequence], width: int, cache: SlotCache) -> torch.Tensor:
+        if self._layout is None:
+            return super()._prefill(seqs, width, cache)
+        prompts = [s.request.prompt_ids for s in seqs]
+        attend = self._attend if self._cascading else None
+        try:
+            logits, layers = self.prefill.fill(prompts, width, self._layout, self._stepping(seqs), attend)
+        except (torch.OutOfMemoryError, cascade.NotCascadable):
+            raise
+        except Exception as err:  # noqa: BLE001 - a model the shared path cannot run: run it unshared
+            if self._cascading:
+                raise cascade.NotCascadable(f"{type(err).__name__}: {first_line(err)}") from err
+            self._turn_off(err)
             return super()._prefill(seqs, width, cache)
         cache.fill(layers)
+        if self._cascading:
+            groups, prefixes = self._layout.row_groups()
+            self._shared = cascade.Shared(prefixes, groups)
         return logits
+
+    def _attend(self, groups: list[int], prefixes: list):
+        return cascade.attending(cascade.Shared(prefixes, groups), self._layers)
+
+    def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
+        if self._shared is None:
+            return super()._forward(ids, mask, positions, cache)
+        with cascade.attending(self._shared, self._layers):
+            return super()._forward(ids, mask, positions, cache)
+
+    def _remove(self, slot: int, active: list[Sequence], mask: torch.Tensor, cache: SlotCache) -> None:
+        super()._remove(slot, active, mask, cache)
+        if self._shared is not None:
+            self._shared.remove(slot)
+
+    def _turn_off(self, err: Exception) -> None:
+        self.broken = f"{type(err).__name__}: {first_line(err)}"
+        log.warning(
+            "prefix sharing fails on %s (%s): rows compute their whole prompts from now on",
+            type(self.model).__name__,
+            self.broken,
+        )
 
     def _stepping(self, seqs: list[Sequence]):
         """`_forward`, counting a step for the batch's calls after each pass (the watchdog's signal)."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -172,22 +173,47 @@ class SharedPrefill:
 
     @property
     def tokens_saved(self) -> int:
-        """Prompt tokens not computed thanks to sharing: taken from a shared cache, less its computing."""
-        return self.reused - self.store.computed
+        """Prompt tokens not computed thanks to sharing: taken from a shared cache, less its computing
+        (0 when sharing failed after computing a prefix: nothing was saved)."""
+        return max(self.reused - self.store.computed, 0)
+
+    def layout(self, prompts: list[list[int]], adapter: str | None, forward: Forward) -> Layout:
+        """The rows' groups, and each shared group's prefix (keys, values), computed or kept."""
+        groups = self._groups(prompts, adapter)
+        prefixes = [self._shared_kv(prompts[g.rows[0]], g.shared, adapter, forward) for g in groups]
+        return Layout(groups, prefixes, len(prompts))
 
     def __call__(
         self, prompts: list[list[int]], width: int, adapter: str | None, forward: Forward
     ) -> tuple[torch.Tensor, KV]:
+        """`fill` on the copy path: every row's cache holds its whole prompt."""
+        return self.fill(prompts, width, self.layout(prompts, adapter, forward), forward)
+
+    def fill(
+        self,
+        prompts: list[list[int]],
+        width: int,
+        layout: Layout,
+        forward: Forward,
+        attend: Callable[[list[int], KV], AbstractContextManager] | None = None,
+    ) -> tuple[torch.Tensor, KV]:
         """(logits of each prompt's last position, (keys, values) per layer [rows, heads, width, dim]),
-        rows in `prompts` order, each prompt right-aligned at `width`."""
+        rows in `prompts` order, right-aligned at `width`.
+
+        Without `attend` (the copy path) every row's cache holds its whole prompt, the shared columns
+        copied from the prefix's. With `attend(groups, prefix)`, a context in which the model's
+        attention reads the prefix from that one copy (runner.engine.cascade), a shared row's cache
+        holds only its suffix."""
         parts, order = [], []
-        for group in self._groups(prompts, adapter):
+        for group, shared in zip(layout.groups, layout.prefixes, strict=True):
             rows = sorted(group.rows, key=lambda r: len(prompts[r]), reverse=True)
-            shared = self._shared_kv(prompts[rows[0]], group.shared, adapter, forward)
             suffixes = [len(prompts[r]) - group.shared for r in rows]
             for start, stop in prefill_groups(suffixes, self.max_padding):
                 part = [prompts[r] for r in rows[start:stop]]
-                parts.append(self._prefill(part, group.shared, shared, width, forward))
+                if attend is None or shared is None:
+                    parts.append(self._prefill(part, group.shared, shared, width, forward))
+                else:
+                    parts.append(self._suffixes(part, group.shared, shared, width, forward, attend))
                 order += rows[start:stop]
         return _in_order(parts, order)
 
@@ -229,6 +255,52 @@ class SharedPrefill:
         pad = width - ids.shape[1]
         layers = [(_left(layer.keys, pad), _left(layer.values, pad)) for layer in cache.layers]
         return logits, layers
+
+    def _suffixes(self, prompts: list[list[int]], shared: int, kv: KV, width: int, forward: Forward, attend):
+        """Rows of one group prefilled past their `shared` prefix, attending to it through `attend`:
+        their caches hold only the suffixes, left-padded to `width`."""
+        from runner.engine.decode import left_pad
+
+        ids, mask = left_pad([p[shared:] for p in prompts], self.pad_id, self.model.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0) + shared  # a suffix starts after the prefix
+        cache = full_cache(self.model.config)
+        with attend([0] * len(prompts), [kv]):
+            logits = forward(ids, mask, positions, cache)
+        self.reused += shared * len(prompts)
+        pad = width - ids.shape[1]
+        return logits, [(_left(layer.keys, pad), _left(layer.values, pad)) for layer in cache.layers]
+
+
+@dataclass
+class Layout:
+    """How a batch's rows share: the groups (one may share nothing), each one's prefix (keys, values)
+    per layer (None where it shares nothing)."""
+
+    groups: list[Group]
+    prefixes: list[KV | None]
+    rows: int
+
+    @property
+    def sharing(self) -> bool:
+        return any(g.shared for g in self.groups)
+
+    def cached_lengths(self, prompts: list[list[int]]) -> list[int]:
+        """Prompt columns each row keeps in its own cache when its prefix is read from one copy."""
+        lengths = [len(p) for p in prompts]
+        for group in self.groups:
+            for row in group.rows:
+                lengths[row] -= group.shared
+        return lengths
+
+    def row_groups(self) -> tuple[list[int], list[KV]]:
+        """Each row's index into the shared prefixes (-1: it shares nothing), and those prefixes."""
+        rows, prefixes = [-1] * self.rows, []
+        for group, kv in zip(self.groups, self.prefixes, strict=True):
+            if kv is not None:
+                for row in group.rows:
+                    rows[row] = len(prefixes)
+                prefixes.append(kv)
+        return rows, prefixes
 
 
 def _in_order(parts: list[tuple[torch.Tensor, KV]], order: list[int]) -> tuple[torch.Tensor, KV]:

@@ -1,0 +1,195 @@
+"""Cascade attention: rows of a padded batch that share a prompt prefix attend to one copy of its keys.
+
+runner.engine.prefix computes a shared prefix's keys and values once, but its copy path then copies
+them into every row's cache, and from there on each decode step reads the whole prefix once per row:
+on a 1,024-token system prompt and a 64-token question that is ~94% of the keys a step reads, and
+the step is bound by that reading (measured on CPU: sharing only the prefill sped a whole job up 1.3x).
+Here a row's cache holds only its own tokens (the suffix of its prompt and what it generates), and the
+attention of a layer is computed in two parts:
+
+- the queries of all the rows of a group against the group's single prefix copy, as one matrix
+  product per key/value head (queries of every row and head stacked: [rows x heads/kv_heads, dim] x
+  [dim, prefix]), so the prefix is read once per step, not once per row;
+- each row's queries against its own cache, under the model's own mask (padding, causality);
+
+then one softmax over the concatenated scores (every query sees the whole prefix: its position is
+after it) and the weighted sum of both value parts. This is FlashInfer's cascade inference and vLLM's
+cascade attention (a shared prefix, then per-request suffixes), written with plain matrix products
+because transformers' SDPA layers take one dense key/value tensor per row. The softmax is in float32
+as transformers' eager attention computes it; the result equals per-row SDPA within float rounding
+(greedy outputs are checked against `model.generate` in tests/test_prefix.py).
+
+Where it applies: a model whose attention is transformers' "sdpa" function and that has no
+sliding-window layers (a window counts cache columns back from the query, and the prefix columns are
+no longer in the row's cache), no soft-capping, sinks or position bias. Elsewhere the copy path runs
+(runner.engine.prefix). A forward in which not every layer came here (a model whose layers call the
+attention some other way) raises `NotCascadable`, and the caller falls back to the copy path.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from runner import compat
+from runner.engine.paged_attention import visible
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) [1, kv_heads, prefix, head_dim]
+
+_local = threading.local()  # the `Shared` of the forward running on this thread, if any
+_lock = threading.Lock()
+_installed = False
+calls = 0  # layer calls computed here since the process started (tests check the path is taken)
+
+
+class NotCascadable(RuntimeError):
+    """This model's attention cannot be computed in two parts (the copy path runs instead)."""
+
+
+@dataclass
+class Shared:
+    """The shared prefixes of the rows of one forward.
+
+    `prefixes[g]`: group g's prefix (keys, values) per layer; `groups[r]`: the group of row r, or -1
+    for a row that shares nothing (it attends to its own cache only)."""
+
+    prefixes: list[KV]
+    groups: list[int]
+    layers: set = field(default_factory=set)  # layer indices computed in the current forward
+    _index: dict = field(default_factory=dict, repr=False)  # (group, device) -> row indices
+
+    def remove(self, slot: int) -> None:
+        """A finished row leaves the batch the cache's way (runner.engine.kv_cache.SlotLayer.remove):
+        the last row moves into its slot."""
+        self.groups[slot] = self.groups[-1]
+        self.groups.pop()
+        self._index.clear()
+
+    def rows_of(self, group: int, device) -> torch.Tensor:
+        key = (group, device)
+        if key not in self._index:
+            rows = [r for r, g in enumerate(self.groups) if g == group]
+            self._index[key] = torch.tensor(rows, dtype=torch.long, device=device)
+        return self._index[key]
+
+
+def unsupported(model) -> str | None:
+    """Why cascade attention cannot run on `model`, or None when it can."""
+    implementation = compat.attn_implementation(model)
+    if implementation != "sdpa":
+        return f"its attention is {implementation!r}, not 'sdpa'"
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    kinds = set(getattr(config, "layer_types", None) or [])
+    if getattr(config, "sliding_window", None) and (
+        not kinds or kinds & {"sliding_attention", "chunked_attention"}
+    ):
+        return "it has sliding-window layers"
+    if kinds - {"full_attention"}:
+        return f"it has {sorted(kinds - {'full_attention'})} layers"
+    for name in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if getattr(config, name, None):
+            return f"it soft-caps ({name})"
+    return None
+
+
+@contextmanager
+def attending(shared: Shared, layers: int):
+    """Run the model's forwards on this thread with `shared` prefixes; each forward must reach the
+    cascade in all its `layers` (else `NotCascadable`)."""
+    install()
+    _local.shared = shared
+    shared.layers = set()
+    try:
+        yield
+    finally:
+        _local.shared = None
+    if len(shared.layers) != layers:
+        raise NotCascadable(f"{len(shared.layers)} of {layers} layers called the SDPA attention function")
+
+
+def install() -> None:
+    """Wrap the registered "sdpa" attention function (idempotent): calls made inside `attending` come
+    here, every other call goes to the wrapped function unchanged."""
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        from transformers import AttentionInterface
+
+        wrapped = AttentionInterface()["sdpa"]
+
+        def sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+            shared = getattr(_local, "shared", None)
+            if shared is None:
+                return wrapped(
+                    module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+                )
+            return _cascade(shared, module, query, key, value, attention_mask, scaling, kwargs)
+
+        AttentionInterface.register("sdpa", sdpa)
+        _installed = True
+
+
+def _cascade(shared: Shared, module, query, key, value, attention_mask, scaling, kwargs: dict):
+    """[rows, heads, q, dim] queries over each row's prefix and own keys -> ([rows, q, heads, dim], None)."""
+    for name in ("softcap", "s_aux", "position_bias", "sliding_window"):
+        if kwargs.get(name) is not None:
+            raise NotCascadable(f"the layer passes {name}")
+    if getattr(module, "sinks", None) is not None:
+        raise NotCascadable("the layer has attention sinks")
+    global calls
+    calls += 1
+    layer = module.layer_idx
+    shared.layers.add(layer)
+    rows, heads, q_len, dim = query.shape
+    kv_heads, length = key.shape[1], key.shape[2]
+    rep = heads // kv_heads
+    scaling = scaling if scaling is not None else dim**-0.5
+    # Query head h reads key/value head h // rep (transformers' repeat_kv): stack a kv head's queries.
+    stacked = query.reshape(rows, kv_heads, rep * q_len, dim)
+    own = torch.matmul(stacked, key.transpose(-1, -2)).float() * scaling  # [rows, kv, rep*q, L]
+    own = own.view(rows, kv_heads, rep, q_len, length)
+    hidden = _hidden(attention_mask, q_len, length, query.device)
+    if hidden is not None:
+        own = own.masked_fill(hidden, torch.finfo(own.dtype).min)
+    out = query.new_empty(rows, kv_heads, rep * q_len, dim)
+    for group in sorted(set(shared.groups)):
+        index = shared.rows_of(group, query.device)
+        if group < 0:
+            weights = torch.softmax(own.index_select(0, index), dim=-1).to(value.dtype)
+            part = torch.matmul(weights.view(-1, kv_heads, rep * q_len, length), value.index_select(0, index))
+            out.index_copy_(0, index, part)
+            continue
+        keys, values = shared.prefixes[group][layer]
+        n, prefix = len(index), keys.shape[2]
+        # [kv, n * rep * q, dim] x [kv, dim, P]: the prefix is read once for all the group's rows.
+        queries = stacked.index_select(0, index).transpose(0, 1).reshape(kv_heads, n * rep * q_len, dim)
+        first = torch.matmul(queries, keys[0].transpose(-1, -2)).float() * scaling
+        first = first.view(kv_heads, n, rep, q_len, prefix).transpose(0, 1)
+        weights = torch.softmax(torch.cat([first, own.index_select(0, index)], dim=-1), dim=-1)
+        weights = weights.to(value.dtype)
+        to_prefix = weights[..., :prefix].transpose(0, 1).reshape(kv_heads, n * rep * q_len, prefix)
+        part = torch.matmul(to_prefix, values[0]).view(kv_heads, n, rep * q_len, dim).transpose(0, 1)
+        to_own = weights[..., prefix:].reshape(n, kv_heads, rep * q_len, length)
+        part = part + torch.matmul(to_own, value.index_select(0, index))
+        out.index_copy_(0, index, part)
+    return out.view(rows, heads, q_len, dim).transpose(1, 2).contiguous(), None
+
+
+def _hidden(attention_mask, q_len: int, length: int, device) -> torch.Tensor | None:
+    """Boolean [rows or 1, 1, 1, q, L], True where a query must not see a key of its own cache."""
+    if attention_mask is None:
+        seen = visible(q_len, length, None, device)
+        return None if seen is None else ~seen.view(1, 1, 1, q_len, length)
+    mask = attention_mask[..., -q_len:, -length:]
+    hidden = (
+        ~mask
+        if mask.dtype == torch.bool
+        else mask < -1e30
+        if mask.dtype == torch.float64
+        else mask < torch.finfo(mask.dtype).min / 2
+    )
+    return hidden.unsqueeze(2)
