@@ -162,14 +162,17 @@ def test_rows_of_every_length_around_a_shared_prefix_equal_the_reference(tiny_mo
     engine.close()
 
 
+@pytest.mark.parametrize("sliced", [False, True], ids=["whole", "row-by-row"])
 def test_cascade_rows_of_two_prefixes_and_none_keep_only_their_own_tokens_and_equal_the_reference(
-    tiny_model, tiny_llama, monkeypatch
+    tiny_model, tiny_llama, monkeypatch, sliced
 ):
     """One decode batch holding rows of two different system prompts and rows sharing nothing, rows
     finishing at different steps (so rows move between cache slots): every row equals its unbatched
     reference, and a shared row's cache holds its suffix, not the prefix (read from one copy)."""
     from runner.engine.kv_cache import SlotCache
 
+    if sliced:  # the scores' memory bound cuts every group into one-row slices
+        monkeypatch.setattr(cascade, "SCORES_BYTES", 1)
     widths = []
     fill = SlotCache.fill
     monkeypatch.setattr(

@@ -42,6 +42,7 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) [1, kv_
 _local = threading.local()  # the `Shared` of the forward running on this thread, if any
 _lock = threading.Lock()
 _installed = False
+SCORES_BYTES = 256 * 2**20  # float32 attention scores computed at once (rows are sliced to fit)
 calls = 0  # layer calls computed here since the process started (tests check the path is taken)
 
 
@@ -150,33 +151,52 @@ def _cascade(shared: Shared, module, query, key, value, attention_mask, scaling,
     scaling = scaling if scaling is not None else dim**-0.5
     # Query head h reads key/value head h // rep (transformers' repeat_kv): stack a kv head's queries.
     stacked = query.reshape(rows, kv_heads, rep * q_len, dim)
-    own = torch.matmul(stacked, key.transpose(-1, -2)).float() * scaling  # [rows, kv, rep*q, L]
-    own = own.view(rows, kv_heads, rep, q_len, length)
     hidden = _hidden(attention_mask, q_len, length, query.device)
-    if hidden is not None:
-        own = own.masked_fill(hidden, torch.finfo(own.dtype).min)
     out = query.new_empty(rows, kv_heads, rep * q_len, dim)
     for group in sorted(set(shared.groups)):
+        prefix = shared.prefixes[group][layer] if group >= 0 else None
+        columns = length + (prefix[0].shape[2] if prefix is not None else 0)
+        # Bound the float32 scores a slice of rows holds (a long suffix prefill: q_len in the hundreds).
+        step = max(1, SCORES_BYTES // (heads * q_len * columns * 4))
         index = shared.rows_of(group, query.device)
-        if group < 0:
-            weights = torch.softmax(own.index_select(0, index), dim=-1).to(value.dtype)
-            part = torch.matmul(weights.view(-1, kv_heads, rep * q_len, length), value.index_select(0, index))
-            out.index_copy_(0, index, part)
-            continue
-        keys, values = shared.prefixes[group][layer]
-        n, prefix = len(index), keys.shape[2]
-        # [kv, n * rep * q, dim] x [kv, dim, P]: the prefix is read once for all the group's rows.
-        queries = stacked.index_select(0, index).transpose(0, 1).reshape(kv_heads, n * rep * q_len, dim)
-        first = torch.matmul(queries, keys[0].transpose(-1, -2)).float() * scaling
-        first = first.view(kv_heads, n, rep, q_len, prefix).transpose(0, 1)
-        weights = torch.softmax(torch.cat([first, own.index_select(0, index)], dim=-1), dim=-1)
-        weights = weights.to(value.dtype)
-        to_prefix = weights[..., :prefix].transpose(0, 1).reshape(kv_heads, n * rep * q_len, prefix)
-        part = torch.matmul(to_prefix, values[0]).view(kv_heads, n, rep * q_len, dim).transpose(0, 1)
-        to_own = weights[..., prefix:].reshape(n, kv_heads, rep * q_len, length)
-        part = part + torch.matmul(to_own, value.index_select(0, index))
-        out.index_copy_(0, index, part)
+        for part in index.split(step):
+            mask = hidden.index_select(0, part) if hidden is not None and hidden.shape[0] > 1 else hidden
+            attended = _rows(
+                stacked.index_select(0, part),
+                key.index_select(0, part),
+                value.index_select(0, part),
+                mask,
+                prefix,
+                scaling,
+                rep,
+                q_len,
+            )
+            out.index_copy_(0, part, attended)
     return out.view(rows, heads, q_len, dim).transpose(1, 2).contiguous(), None
+
+
+def _rows(stacked, key, value, hidden, prefix, scaling: float, rep: int, q_len: int) -> torch.Tensor:
+    """Attention of some rows ([n, kv_heads, rep * q, dim] queries) over their own keys and, with
+    `prefix`, over that one (keys, values) copy first: one softmax over both parts."""
+    n, kv_heads, _, dim = stacked.shape
+    length = key.shape[2]
+    own = torch.matmul(stacked, key.transpose(-1, -2)).float() * scaling  # [n, kv, rep*q, L]
+    own = own.view(n, kv_heads, rep, q_len, length)
+    if hidden is not None:
+        own = own.masked_fill(hidden, torch.finfo(own.dtype).min)
+    if prefix is None:
+        weights = torch.softmax(own, dim=-1).to(value.dtype).view(n, kv_heads, rep * q_len, length)
+        return torch.matmul(weights, value)
+    keys, values = prefix
+    width = keys.shape[2]
+    # [kv, n * rep * q, dim] x [kv, dim, P]: the prefix is read once for all these rows' queries.
+    queries = stacked.transpose(0, 1).reshape(kv_heads, n * rep * q_len, dim)
+    first = torch.matmul(queries, keys[0].transpose(-1, -2)).float() * scaling
+    first = first.view(kv_heads, n, rep, q_len, width).transpose(0, 1)
+    weights = torch.softmax(torch.cat([first, own], dim=-1), dim=-1).to(value.dtype)
+    to_prefix = weights[..., :width].transpose(0, 1).reshape(kv_heads, n * rep * q_len, width)
+    out = torch.matmul(to_prefix, values[0]).view(kv_heads, n, rep * q_len, dim).transpose(0, 1)
+    return out + torch.matmul(weights[..., width:].reshape(n, kv_heads, rep * q_len, length), value)
 
 
 def _hidden(attention_mask, q_len: int, length: int, device) -> torch.Tensor | None:
