@@ -291,7 +291,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--parts",
         nargs="+",
-        choices=["generation", "eval", "plain"],
+        choices=["generation", "eval", "plain", "engine"],
         default=["generation", "eval", "plain"],
         help="shared-prefix: which comparisons to run",
     )

@@ -8,6 +8,9 @@ against the same strategy with `batching.prefix_sharing: false`, all in one run.
   eval        four-choice questions, each context = one shared few-shot block + the question;
               `Engine.score` over every (context, choice) pair, sharing on vs off: wall time, the
               largest difference between the two runs' log-likelihoods
+  engine      the generation rows on one padded engine (a replica's view, no Ray), three ways: the
+              prefix read from one copy by cascade attention (the default where the model allows
+              it), the prefix copied into each row's cache, and no sharing; the texts compared
   plain       bench.py's own CPU workload (no shared prefixes) through the padded engine, sharing
               on vs off: the cost of looking for prefixes where there are none
 """
@@ -81,6 +84,28 @@ def run_generation(model_cfg, rows: list[dict], sharing: bool) -> dict:
     }
 
 
+def run_engine_ways(model_cfg, rows: list[dict]) -> dict[str, dict]:
+    """The rows on one padded engine: cascade attention, the per-row copy of the prefix, no sharing."""
+    from runner.engine import cascade
+
+    ways, allowed = {}, cascade.unsupported
+    for way in ("cascade", "copy", "off"):
+        # The copy path is what a model cascade attention cannot run gets: forced here to measure it.
+        cascade.unsupported = allowed if way == "cascade" else (lambda model: "forced by the benchmark")
+        try:
+            result = bench.run_engine("padded", model_cfg, rows, {"prefix_sharing": way != "off"})
+        finally:
+            cascade.unsupported = allowed
+        ways[way] = {
+            "wall_s": result.wall_s,
+            "tok": result.useful_tokens,
+            "texts": result.texts,
+            "reused": None,
+        }
+        print(way, round(result.wall_s, 1), file=sys.stderr, flush=True)
+    return ways
+
+
 def run_eval(model_cfg, size: dict, seed: int, sharing: bool) -> dict:
     from runner.config import BatchingConfig, SamplingConfig
     from runner.engine import Engine
@@ -151,6 +176,16 @@ def main(size_name: str, seed: int, parts: list[str]) -> list[dict]:
         runs = [run_eval(model_cfg, size, seed, sharing) for sharing in (True, False)]
         table.append(compare("eval (Engine.score)", *runs, "scored"))
         print(table[-1], file=sys.stderr, flush=True)
+    if "engine" in parts:
+        ways = run_engine_ways(model_cfg, generation_rows(_tokenizer(model_cfg), size, seed))
+        table.append(
+            compare("generation (padded engine): cascade vs none", ways["cascade"], ways["off"], "useful")
+        )
+        table.append(compare("generation (padded engine): copy vs none", ways["copy"], ways["off"], "useful"))
+        table.append(
+            compare("generation (padded engine): cascade vs copy", ways["cascade"], ways["copy"], "useful")
+        )
+        print(table[-3:], file=sys.stderr, flush=True)
     if "plain" in parts:
         runs = [run_plain(model_cfg, size, seed, sharing) for sharing in (True, False)]
         table.append(compare("plain (padded engine)", *runs, "useful"))
