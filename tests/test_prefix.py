@@ -221,6 +221,38 @@ def test_a_model_whose_layers_skip_the_attention_function_copies_the_prefix_inst
     engine.close()
 
 
+@pytest.mark.parametrize("first", ["cascade", "paged"])
+def test_cascade_and_paged_attention_wrappers_keep_each_other_in_either_install_order(
+    tiny_model, tiny_llama, monkeypatch, first
+):
+    """Both wrap transformers' "sdpa" attention function (padded's cascade, continuous' per-sequence
+    attention): whichever a process installs first, a padded engine still reads prefixes by cascade."""
+    from transformers import AttentionInterface
+
+    from runner.engine import paged_attention
+
+    registered = {name: AttentionInterface()[name] for name in compat.attention_originals()}
+    for name, original in compat.attention_originals().items():
+        AttentionInterface.register(name, original)
+    monkeypatch.setattr(cascade, "_installed", False)
+    monkeypatch.setattr(paged_attention, "_installed", False)
+    try:
+        for install in sorted(
+            [cascade.install, paged_attention.install], key=lambda f: first not in f.__module__
+        ):
+            install()
+        engine = padded_engine(tiny_model)
+        ids = engine.tokenize([SYSTEM + q for q in QUESTIONS[:3]])
+        before = cascade.calls
+        done = engine.generate([Request(str(i), p, 4) for i, p in enumerate(ids)])
+        assert engine.generator.loop.copying is None and cascade.calls > before
+        assert [c.token_ids for c in done] == [[reference(tiny_llama, p, 4)] for p in ids]
+        engine.close()
+    finally:
+        for name, function in registered.items():
+            AttentionInterface.register(name, function)
+
+
 def test_sharing_off_computes_every_prompt_and_gives_the_same_tokens(tiny_model):
     prompts = [SYSTEM + q for q in QUESTIONS]
     tokens = []

@@ -191,6 +191,13 @@ def install() -> None:
 
         return paged
 
+    registered = AttentionInterface()
     for name, original in compat.attention_originals().items():
-        AttentionInterface.register(name, wrap(original, eager=name != "sdpa"))
+        # Wrap what is registered now (runner.engine.cascade may have wrapped "sdpa" already: calls
+        # outside its context pass through it), so the order the two are installed in does not matter.
+        try:
+            current = registered[name]
+        except KeyError:
+            current = original
+        AttentionInterface.register(name, wrap(current, eager=name != "sdpa"))
     _installed = True
