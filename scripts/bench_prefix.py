@@ -12,7 +12,7 @@ against the same strategy with `batching.prefix_sharing: false`, all in one run.
               prefix read from one copy by cascade attention (the default where the model allows
               it), the prefix copied into each row's cache, and no sharing; the texts compared
   plain       bench.py's own CPU workload (no shared prefixes) through the padded engine, sharing
-              on vs off (on, off, off, on: mean of each): the cost of looking for prefixes where
+              on vs off (after one untimed run: on, off, off, on, mean of each): the cost of looking for prefixes where
               there are none
 """
 
@@ -128,6 +128,7 @@ def run_plain(model_cfg, size: dict, seed: int, sharing: bool) -> dict:
     result = bench.run_engine(
         "padded", model_cfg, rows, {"max_batch_size": mode["rows"], "prefix_sharing": sharing}
     )
+    print(f"plain, sharing {'on' if sharing else 'off'}: {result.wall_s:.1f} s", file=sys.stderr, flush=True)
     return {"wall_s": result.wall_s, "tok": result.useful_tokens, "texts": result.texts, "reused": None}
 
 
@@ -194,9 +195,10 @@ def main(size_name: str, seed: int, parts: list[str]) -> list[dict]:
         )
         print(table[-3:], file=sys.stderr, flush=True)
     if "plain" in parts:
-        # The two differ by little, and the first big run of a process is the slower (allocator
-        # growth, measured: on/off 39.7/24.4 s in that order, then off/on/off/on 20.2/21.0/23.9/20.2):
-        # on, off, off, on, and each one's mean, so neither pays the order.
+        # The two differ by little, and the first big run of these rows is the slower (measured, in
+        # this order: on/off 39.7/24.4 s; on/off/off/on 30.3/27.1/25.4/23.9 s): one untimed run, then
+        # on, off, off, on and each one's mean, so neither pays the order.
+        run_plain(model_cfg, size, seed, False)
         order = (True, False, False, True)
         runs = [run_plain(model_cfg, size, seed, sharing) for sharing in order]
         table.append(

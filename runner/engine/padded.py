@@ -249,7 +249,7 @@ class SharingLoop(DecodeLoop):
         return self._layout is not None and self._layout.sharing and self.copying is None
 
     def _prefill(self, seqs: list[Sequence], width: int, cache: SlotCache) -> torch.Tensor:
-        if self._layout is None:
+        if self._layout is None or not self._layout.sharing:  # nothing shared: the plain prefill
             return super()._prefill(seqs, width, cache)
         prompts = [s.request.prompt_ids for s in seqs]
         attend = self._attend if self._cascading else None
