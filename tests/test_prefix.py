@@ -162,6 +162,44 @@ def test_rows_of_every_length_around_a_shared_prefix_equal_the_reference(tiny_mo
     engine.close()
 
 
+@pytest.mark.parametrize("mask_kind", ["bool", "additive", "none"])
+def test_cascade_attention_equals_sdpa_over_the_prefix_and_own_keys_joined(mask_kind):
+    """The two-part softmax against SDPA over each row's [prefix; own] keys: grouped-query heads, rows
+    of two prefixes and a row sharing none, left padding in the own part, several query positions."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    rows, heads, kv_heads, q_len, own_len, dim = 5, 8, 2, 3, 7, 16
+    query = torch.randn(rows, heads, q_len, dim, generator=gen)
+    key, value = (torch.randn(rows, kv_heads, own_len, dim, generator=gen) for _ in range(2))
+    prefixes = [[tuple(torch.randn(1, kv_heads, n, dim, generator=gen) for _ in range(2))] for n in (11, 4)]
+    groups = [0, 1, -1, 0, 1]
+    pads = [0, 2, 1, 3, 0]  # left padding of each row's own part
+    seen = torch.ones(rows, 1, q_len, own_len, dtype=torch.bool).tril(own_len - q_len)
+    for r, pad in enumerate(pads):
+        seen[r, :, :, :pad] = False
+    if mask_kind == "none":
+        seen[:] = torch.ones(q_len, own_len, dtype=torch.bool).tril(own_len - q_len)
+        mask = None
+    elif mask_kind == "bool":
+        mask = seen
+    else:
+        mask = torch.zeros(seen.shape).masked_fill(~seen, torch.finfo(torch.float32).min)
+    module = torch.nn.Module()
+    module.layer_idx = 0
+    out, _ = cascade._cascade(cascade.Shared(prefixes, groups), module, query, key, value, mask, None, {})
+    for r in range(rows):
+        keys, values, visible = key[r : r + 1], value[r : r + 1], seen[r : r + 1]
+        if groups[r] >= 0:
+            k, v = prefixes[groups[r]][0]
+            keys, values = torch.cat([k, keys], 2), torch.cat([v, values], 2)
+            visible = torch.cat([torch.ones(1, 1, q_len, k.shape[2], dtype=torch.bool), visible], -1)
+        expected = F.scaled_dot_product_attention(
+            query[r : r + 1], keys, values, attn_mask=visible, enable_gqa=True
+        )
+        assert torch.allclose(out[r], expected[0].transpose(0, 1), atol=1e-5), r
+
+
 @pytest.mark.parametrize("sliced", [False, True], ids=["whole", "row-by-row"])
 def test_cascade_rows_of_two_prefixes_and_none_keep_only_their_own_tokens_and_equal_the_reference(
     tiny_model, tiny_llama, monkeypatch, sliced

@@ -205,11 +205,5 @@ def _hidden(attention_mask, q_len: int, length: int, device) -> torch.Tensor | N
         seen = visible(q_len, length, None, device)
         return None if seen is None else ~seen.view(1, 1, 1, q_len, length)
     mask = attention_mask[..., -q_len:, -length:]
-    hidden = (
-        ~mask
-        if mask.dtype == torch.bool
-        else mask < -1e30
-        if mask.dtype == torch.float64
-        else mask < torch.finfo(mask.dtype).min / 2
-    )
+    hidden = ~mask if mask.dtype == torch.bool else mask < torch.finfo(mask.dtype).min / 2  # additive
     return hidden.unsqueeze(2)
