@@ -381,21 +381,24 @@ def reference(path: Path, prompt_ids: list[list[int]], limits: list[int]) -> lis
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return [generate_one(model, ids, limit) for ids, limit in zip(prompt_ids, limits, strict=True)]
+
+
+def generate_one(model, prompt_ids: list[int], limit: int) -> list[int]:
+    """One row alone through the loaded `model`'s greedy `generate`, cut at its first EOS."""
+    import torch
+
     eos = eos_list(model)
     pad = model.generation_config.pad_token_id
-    out = []
-    for ids, limit in zip(prompt_ids, limits, strict=True):
-        generated = model.generate(
-            torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            max_new_tokens=limit,
-            do_sample=False,
-            eos_token_id=eos or None,
-            pad_token_id=pad if pad is not None else (eos or [0])[0],
-        )[0, len(ids) :].tolist()
-        stop = next((i for i, t in enumerate(generated) if t in eos), len(generated))
-        out.append(generated[:stop])
-    return out
+    generated = model.generate(
+        torch.tensor([prompt_ids]),
+        attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+        max_new_tokens=limit,
+        do_sample=False,
+        eos_token_id=eos or None,
+        pad_token_id=pad if pad is not None else (eos or [0])[0],
+    )[0, len(prompt_ids) :].tolist()
+    return generated[: next((i for i, t in enumerate(generated) if t in eos), len(generated))]
 
 
 @dataclass
