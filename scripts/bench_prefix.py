@@ -92,7 +92,7 @@ def run_engine_ways(model_cfg, rows: list[dict]) -> dict[str, dict]:
     ways, allowed = {}, cascade.unsupported
     for way in ("cascade", "copy", "off"):
         # The copy path is what a model cascade attention cannot run gets: forced here to measure it.
-        cascade.unsupported = allowed if way == "cascade" else (lambda model: "forced by the benchmark")
+        cascade.unsupported = allowed if way == "cascade" else (lambda model, arch: "forced by the benchmark")
         try:
             result = bench.run_engine("padded", model_cfg, rows, {"prefix_sharing": way != "off"})
         finally:

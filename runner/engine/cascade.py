@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from runner import compat
+from runner.engine.architecture import Architecture
 from runner.engine.paged_attention import visible
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) [1, kv_heads, prefix, head_dim]
@@ -77,19 +78,17 @@ class Shared:
         return self._index[key]
 
 
-def unsupported(model) -> str | None:
-    """Why cascade attention cannot run on `model`, or None when it can."""
+def unsupported(model, arch: Architecture) -> str | None:
+    """Why cascade attention cannot run on `model` (whose `arch` is given), or None when it can."""
     implementation = compat.attn_implementation(model)
     if implementation != "sdpa":
         return f"its attention is {implementation!r}, not 'sdpa'"
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    kinds = set(getattr(config, "layer_types", None) or [])
-    if getattr(config, "sliding_window", None) and (
-        not kinds or kinds & {"sliding_attention", "chunked_attention"}
-    ):
-        return "it has sliding-window layers"
-    if kinds - {"full_attention"}:
-        return f"it has {sorted(kinds - {'full_attention'})} layers"
+    # Layer types as transformers' own caches infer them (a Mistral-style `sliding_window` included).
+    # Whether the layers call the attention function at all is found at the first forward (`attending`):
+    # the model class flag `_supports_attention_backend` is False for some that do (StableLM).
+    if other := sorted(set(arch.layer_types) - {"full_attention"}):
+        return f"it has {other} layers"
+    config = model.config.get_text_config(decoder=True)
     for name in ("attn_logit_softcapping", "final_logit_softcapping"):
         if getattr(config, name, None):
             return f"it soft-caps ({name})"

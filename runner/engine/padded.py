@@ -25,6 +25,7 @@ import torch
 
 from runner.config import BatchingConfig, SamplingConfig
 from runner.engine import adapters, cascade
+from runner.engine.architecture import Architecture
 from runner.engine.batching import plan_batches
 from runner.engine.decode import DecodeLoop
 from runner.engine.kv_cache import SlotCache
@@ -200,14 +201,15 @@ class SharingLoop(DecodeLoop):
         super().__init__(model, sampler, stopper, pad_id, max_padding)
         self.prefill = prefill
         self.broken: str | None = None  # why sharing was turned off, once it failed
-        self.copying: str | None = cascade.unsupported(model)  # why the prefix is copied per row
+        arch = Architecture.of(model)
+        self.copying: str | None = cascade.unsupported(model, arch)  # why the prefix is copied per row
         if self.copying is not None:
             log.info(
                 "prefix sharing on %s copies the prefix into each row's cache: %s",
                 type(model).__name__,
                 self.copying,
             )
-        self._layers = model.config.get_text_config().num_hidden_layers
+        self._layers = len(arch.layer_types)
         self._layout: Layout | None = None  # the running batch's (set by _cached_lengths)
         self._shared: cascade.Shared | None = None  # the running batch's, on the cascade path
 
