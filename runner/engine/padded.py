@@ -213,7 +213,6 @@ class SharingLoop(DecodeLoop):
         self._layout: Layout | None = None  # the running batch's (set by _cached_lengths)
         self._shared: cascade.Shared | None = None  # the running batch's, on the cascade path
 
-    @torch.inference_mode()
     def run(self, seqs: list[Sequence]) -> None:
         try:
             super().run(seqs)
