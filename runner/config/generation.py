@@ -14,25 +14,55 @@ class SamplingConfig(_Strict):
 
     max_new_tokens: int = Field(128, ge=1, description="default new-token limit per row")
     temperature: float = Field(0.0, ge=0, description="0 = greedy")
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(
+        1.0, gt=0, le=1, description="nucleus sampling: keep the top tokens up to this mass; 1 = off"
+    )
     top_k: int = Field(0, ge=0, description="0 = off")
     seed: int = Field(0, ge=0, description="sampling seed (runs with the same config are reproducible)")
     stop: list[str] = Field(default_factory=list, description="stop strings (excluded from the output)")
     n: int = Field(1, ge=1, description="samples per prompt (generation becomes a list when > 1)")
     min_p: float = Field(
-        0.0, ge=0, le=1, description="drop tokens below min_p x the top probability; 0 = off"
+        0.0,
+        ge=0,
+        le=1,
+        description="drop tokens below min_p x the top probability (transformers' MinPLogitsWarper); 0 = off",
     )
     repetition_penalty: float = Field(
         1.0, gt=0, description="CTRL penalty on prompt + generated tokens; 1 = off"
     )
-    presence_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI: subtracted once per seen token")
-    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI: subtracted per occurrence")
-    stop_token_ids: list[int] = Field(default_factory=list, description="token ids that end a row like EOS")
-    logprobs: int | None = Field(None, ge=0, le=20, description="chosen token's logprob + top-K per token")
-    prompt_logprobs: bool = Field(False, description="logprob of every prompt token")
-    json_schema: str | None = Field(None, description="JSON schema: inline mapping, JSON text or a file path")
-    regex: str | None = Field(None, min_length=1, description="regular expression the output must match")
-    choices: list[str] | None = Field(None, min_length=1, description="the output is one of these strings")
+    presence_penalty: float = Field(
+        0.0,
+        ge=-2,
+        le=2,
+        description="OpenAI semantics: subtracted once from each token generated so far; 0 = off",
+    )
+    frequency_penalty: float = Field(
+        0.0,
+        ge=-2,
+        le=2,
+        description="OpenAI semantics: subtracted per occurrence in the generated tokens; 0 = off",
+    )
+    stop_token_ids: list[int] = Field(
+        default_factory=list,
+        description="token ids that end a row like EOS (cut from the output, finish_reason stop)",
+    )
+    logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=20,
+        description="K: each generated token's logprob and the top-K alternatives (raw model distribution)",
+    )
+    prompt_logprobs: bool = Field(False, description="add each prompt token's logprob (the first is null)")
+    json_schema: str | None = Field(
+        None,
+        description="structured output: a JSON schema (inline mapping, JSON text or a .json file path), enforced while decoding (xgrammar)",
+    )
+    regex: str | None = Field(
+        None, min_length=1, description="structured output: a regular expression the output must match"
+    )
+    choices: list[str] | None = Field(
+        None, min_length=1, description="structured output: the output is one of these strings"
+    )
 
     @property
     def greedy(self) -> bool:
@@ -105,7 +135,9 @@ class BatchingConfig(_Strict):
         gt=0,
         description="an engine call whose rows make no progress for this long fails as engine errors",
     )
-    rows_per_task: int = Field(256, ge=1, description="rows a replica receives per Ray Data batch")
+    rows_per_task: int = Field(
+        256, ge=1, description="rows a replica receives per Ray Data batch (also the unit Ray Data schedules)"
+    )
     batches_in_flight: int = Field(
         2,
         ge=1,

@@ -18,12 +18,15 @@ class OutputConfig(_Strict):
     """Where generations go."""
 
     path: str = Field(
-        "outputs/job", min_length=1, description="output directory (local or pyarrow/fsspec URI)"
+        "outputs/job",
+        min_length=1,
+        description="output directory (local, or a pyarrow filesystem URI such as s3://bucket/dir)",
     )
     rows_per_file: int = Field(10000, ge=1, description="rows per Parquet file")
-    token_ids: bool = Field(False, description="add the generated token ids as a list column")
+    token_ids: bool = Field(False, description="add `token_ids`: the generated token ids as a list column")
     parse_json: bool = Field(
-        False, description="add `parsed`: the generation parsed as JSON (null if invalid)"
+        False,
+        description="add `parsed`: the generation as JSON when it parses (and, with a schema, validates), else null",
     )
     flush_seconds: float = Field(
         60.0, gt=0, description="commit buffered rows at least this often (bounds what a kill loses)"
@@ -64,14 +67,22 @@ RESULT_SECTIONS = ("model", "data", "sampling")
 class JobConfig(_Strict):
     """A whole generation job."""
 
-    model: ModelConfig
-    data: DataConfig
-    placement: PlacementConfig = Field(default_factory=PlacementConfig)
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    batching: BatchingConfig = Field(default_factory=BatchingConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
-    retries: RetryConfig = Field(default_factory=RetryConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
+    model: ModelConfig = Field(..., description="the model to load and how (dtype, attention, quantization)")
+    data: DataConfig = Field(..., description="the input rows and how each becomes a prompt")
+    placement: PlacementConfig = Field(
+        default_factory=PlacementConfig, description="replicas and the GPUs each holds"
+    )
+    sampling: SamplingConfig = Field(
+        default_factory=SamplingConfig, description="how tokens are drawn (greedy by default)"
+    )
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig, description="how a replica batches its rows"
+    )
+    output: OutputConfig = Field(
+        default_factory=OutputConfig, description="where and how the Parquet output is written"
+    )
+    retries: RetryConfig = Field(default_factory=RetryConfig, description="how dying replicas are survived")
+    ray: RayConfig = Field(default_factory=RayConfig, description="the Ray cluster (default: a local Ray)")
 
     # A job kind whose config adds result-changing sections (eval's scoring) extends this.
     result_sections: ClassVar[tuple[str, ...]] = RESULT_SECTIONS

@@ -24,20 +24,37 @@ class QuantizationConfig(_Strict):
 class ModelConfig(_Strict):
     """Which model to load and how."""
 
-    path: str = Field(..., min_length=1, description="local directory, hub id, or demo:tiny-llama")
+    path: str = Field(
+        ...,
+        min_length=1,
+        description="local directory, hub id, or a built-in demo model (demo:tiny-llama, demo:small-llama)",
+    )
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
-    tokenizer: str | None = Field(None, description="tokenizer path if not the model's")
+    tokenizer: str | None = Field(
+        None, description="a separate tokenizer (directory or hub id); default: the model's"
+    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto = bfloat16 on GPUs that support it, else float16 on GPU, float32 on CPU"
     )
     trust_remote_code: bool = Field(False, description="allow the model repo's own Python code")
     attention: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
-        "auto", description="auto = flash_attention_2 when usable, else sdpa (reason logged)"
+        "auto",
+        description="auto = flash_attention_2 when flash_attn imports, a CUDA GPU and fp16/bf16 are present and the "
+        "model class supports it, else sdpa where the class supports it, else eager (reason logged); an "
+        "explicit choice that cannot run here is an error naming the model",
     )
-    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
-    adapter: str | None = Field(None, min_length=1, description="a PEFT LoRA adapter merged into the model")
+    quantization: QuantizationConfig = Field(
+        default_factory=QuantizationConfig, description="bitsandbytes 8-bit / 4-bit loading (default: none)"
+    )
+    adapter: str | None = Field(
+        None,
+        min_length=1,
+        description="a PEFT LoRA adapter (directory or hub id) merged into the weights at load",
+    )
     adapters: dict[str, str] | None = Field(
-        None, description="named PEFT adapters over one base model, picked per row by data.adapter_column"
+        None,
+        description="{name: path}: several PEFT adapters over one base model, picked per row by data.adapter_column "
+        "(rows batched by adapter; runs the padded strategy)",
     )
 
     @model_validator(mode="after")
@@ -53,13 +70,18 @@ class PlacementConfig(_Strict):
     gpus_per_replica: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         1, description="GPUs each replica holds; the model is split over them; auto: planned (runner plan)"
     )
-    replicas: int | None = Field(None, ge=1, description="default: cluster GPUs // gpus_per_replica (CPU: 1)")
+    replicas: int | None = Field(
+        None,
+        ge=1,
+        description="default: cluster GPUs // gpus_per_replica; one CPU replica when the cluster has no GPUs",
+    )
     device_map: Literal["auto"] | None = Field(
         None, description="'auto' splits the model over the replica's GPUs"
     )
     max_memory: dict[str, str] | Literal["auto"] | None = Field(
         None,
-        description="per-device cap for device_map=auto, e.g. {0: 20GiB, 1: 20GiB, cpu: 64GiB}; auto: planned",
+        description="per-device cap for device_map=auto, e.g. {0: 20GiB, 1: 20GiB, cpu: 64GiB} (GPU indices are "
+        "local to the replica); auto: planned",
     )
     cpus_per_replica: float = Field(
         0.5, gt=0, description="Ray CPUs per replica (fractional leaves room for I/O)"

@@ -108,8 +108,8 @@ class TaskConfig(_Strict):
     """One evaluation task: its rows and how they are scored."""
 
     name: str = Field(..., description="task name: letters, digits, _ . - (row ids become NAME/id)")
-    data: DataConfig
-    scoring: ScoringConfig
+    data: DataConfig = Field(..., description="the task's input rows (a `data` section)")
+    scoring: ScoringConfig = Field(..., description="how the task's rows are scored (a `scoring` section)")
 
     @field_validator("name")
     @classmethod
@@ -123,7 +123,7 @@ class EvalConfig(JobConfig):
     """An evaluation job: one task (`data` + `scoring`) or a `tasks` list sharing model and sampling."""
 
     name: str = Field("eval", description="the task's name in the one-task form")
-    data: DataConfig | None = None
+    data: DataConfig | None = Field(None, description="one-task form: the input rows (a `data` section)")
     scoring: ScoringConfig | None = Field(None, description="one-task form: how rows are scored")
     tasks: list[TaskConfig] | None = Field(
         None, description="several tasks, each with name, data and scoring"
