@@ -230,7 +230,7 @@ class GenerationStage:
             out.error = row[INPUT_ERROR]
             return out
         prompt = self.prompts.build(row)
-        limit = self._max_new_tokens(row)
+        limit = self.options.max_new_tokens(row)
         options = self.options.for_row(row)
         problem = next((p for p in (prompt, limit, options) if isinstance(p, RowError)), None)
         if problem is not None:
@@ -244,19 +244,6 @@ class GenerationStage:
         else:
             out.request = Request(out.id, ids, limit, **options)
         return out
-
-    def _max_new_tokens(self, row: dict) -> int | RowError:
-        column = self.cfg.data.max_new_tokens_column
-        value = row.get(column) if column else None
-        if value is None:
-            return self.cfg.sampling.max_new_tokens
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, str) and value.strip().isdigit():  # CSV and mixed-type JSONL give text
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            return RowError(f"column {column!r} is {value!r}: max_new_tokens must be a positive integer")
-        return value
 
     def _tokenize(self, prompt: str) -> list[int]:
         # A chat template already wrote the special tokens it wants (BOS included).

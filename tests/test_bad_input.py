@@ -17,6 +17,7 @@ from runner.engine import Request
 from runner.errors import ConfigError
 from runner.io.inputs import read_input, template_variables
 from runner.prompts import PromptBuilder
+from runner.row_options import RowOptions
 from runner.stage import GenerationStage
 
 
@@ -38,6 +39,7 @@ def stage(tiny_model) -> GenerationStage:
 
 def run_stage(stage: GenerationStage, cfg, table: pa.Table) -> dict[str, dict]:
     stage.cfg, stage.prompts = cfg, PromptBuilder(cfg.data.prompt, stage.engine.tokenizer)
+    stage.options = RowOptions(cfg)
     return {row["id"]: row for row in stage(table).to_pylist()}
 
 

@@ -11,7 +11,6 @@ row position is what makes position ids the same as a full read's. Memory: one r
 from __future__ import annotations
 
 import csv
-import io
 import os
 import re
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from runner.io import inputs
 from runner.io.outputs import INPUT_ERROR
 from runner.io.rows import jsonl_rows
 
+HEAD_BYTES = 1 << 20  # what the driver reads of the first file to learn its columns
 CHUNK_BYTES = 64 << 20  # one JSON Lines read task: big enough to amortise a task, small enough to stream
 
 
@@ -157,7 +157,10 @@ def _count_lines(body: bytes) -> tuple[int, int]:
 
 def _csv_reader(fs: pafs.FileSystem, path: str):
     with fs.open_input_stream(path) as stream:
-        header = stream.read(1 << 20).split(b"\n", 1)[0].decode("utf-8", "replace")
+        head = stream.read(1 << 20)
+    inputs.check_text(head, path)
+    # utf-8-sig: pyarrow drops a byte-order mark from the first column's name, so must we.
+    header = head.split(b"\n", 1)[0].decode("utf-8-sig", "replace")
     names = next(iter(csv.reader([header])), [])
     options = pyarrow.csv.ConvertOptions(column_types={name: pa.string() for name in names})
     return pyarrow.csv.open_csv(fs.open_input_stream(path), convert_options=options)
@@ -180,14 +183,28 @@ def _head_columns(fs: pafs.FileSystem, path: str, fmt: str) -> pa.Schema:
 def _jsonl_chunks_head(fs: pafs.FileSystem, path: str) -> pa.Table:
     if fs.get_file_info(path).size and _is_json_array(fs, path):
         return inputs._read_json(path)
+    head = _jsonl_head(fs, path)
+    inputs.check_text(head, path)
+    return inputs.some_objects(_parse_jsonl(head, os.path.basename(path), 1), path)
+
+
+def _jsonl_head(fs: pafs.FileSystem, path: str) -> bytes:
+    """The file's first whole lines, at least one that is not blank however long it is (a long
+    document), read HEAD_BYTES at a time."""
+    pieces = []
     with fs.open_input_stream(path) as stream:
-        head = stream.read(1 << 20)
-    head = head[: head.rfind(b"\n") + 1] or head
-    return _parse_jsonl(head, os.path.basename(path), 1)
+        while piece := stream.read(HEAD_BYTES):
+            pieces.append(piece)
+            if b"\n" in piece:
+                head = b"".join(pieces)
+                cut = head.rfind(b"\n") + 1
+                if head[:cut].strip():
+                    return head[:cut]
+    return b"".join(pieces)
 
 
 def _parse_jsonl(data: bytes, name: str, first_number: int) -> pa.Table:
     try:
-        return pyarrow.json.read_json(io.BytesIO(data))
+        return inputs.read_json_lines(data, len(data))
     except pa.ArrowInvalid:  # a bad line or a type change: row by row, bad rows become error rows
         return jsonl_rows(data.split(b"\n"), name, first_number)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import os
 from pathlib import Path
@@ -29,12 +30,17 @@ from runner.prompts import template_variables
 EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 _ID_WIDTH = 8
+_JSON_BLOCK = 1 << 20  # pyarrow's default parse block
+_MAX_BLOCK = (1 << 31) - 1  # pyarrow's block size is an int32
+_TEXT_PROBE = 1 << 16
 
 
 def read_input(cfg: DataConfig) -> pa.Table:
     """Read ``cfg.source``, apply ``cfg.limit``, put the row ``id`` first and check configured columns."""
     _check_carry_clashes(cfg)
     table = _read_source(cfg)
+    if table.num_rows == 0:
+        raise InputError(f"data.source: {cfg.source} is empty: no rows to run")
     if cfg.limit is not None:
         table = table.slice(0, cfg.limit)
     table = _with_ids(table, cfg.id_column)
@@ -176,15 +182,17 @@ def _read_file(path: str, fmt: str) -> pa.Table:
 
 def _read_json(path: str) -> pa.Table:
     """JSON Lines via pyarrow; a file holding one top-level array via the json module."""
+    with open(path, "rb") as handle:
+        check_text(handle.read(_TEXT_PROBE), path)
     with open(path, encoding="utf-8") as handle:
         head = handle.read(4096).lstrip()
         if not head.startswith("["):
             try:
-                return pyarrow.json.read_json(path)
+                return read_json_lines(path, os.path.getsize(path))
             except pa.ArrowInvalid:
                 # A malformed line or a column whose type changes: read it row by row instead,
                 # so each bad line becomes that row's error row rather than a failed job.
-                return read_jsonl_rows(path)
+                return some_objects(read_jsonl_rows(path), path)
         handle.seek(0)
         rows = json.load(handle)
     if not all(isinstance(row, dict) for row in rows):
@@ -196,11 +204,55 @@ def _read_json(path: str) -> pa.Table:
 
 def _read_csv(path: str) -> pa.Table:
     # CSV is text: every column is read as a string, so ids like `007` or `NA` stay what they say
-    # (inference would make them 7 and null). A per-row max_new_tokens column accepts digit strings.
-    with open(path, encoding="utf-8", newline="") as handle:
+    # (inference would make them 7 and null). Per-row option columns parse their numeric text.
+    with open(path, "rb") as handle:
+        check_text(handle.read(_TEXT_PROBE), path)
+    # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name (pyarrow
+    # drops it too, so with it kept the first column would miss its read-as-text type).
+    with open(path, encoding="utf-8-sig", newline="") as handle:
         header = next(csv.reader(handle), [])
     types = {name: pa.string() for name in header}
     return pyarrow.csv.read_csv(path, convert_options=pyarrow.csv.ConvertOptions(column_types=types))
+
+
+def read_json_lines(source: str | bytes, size: int) -> pa.Table:
+    """JSON Lines (a path or the bytes) via pyarrow. Its parse block must hold the longest line and it
+    cannot grow one itself, so a longer line (a long document) retries with blocks 4x larger."""
+    block = _JSON_BLOCK
+    while True:
+        data = io.BytesIO(source) if isinstance(source, bytes) else source
+        try:
+            return pyarrow.json.read_json(data, read_options=pyarrow.json.ReadOptions(block_size=block))
+        except pa.ArrowInvalid as err:
+            if "straddl" not in str(err) or block > size:
+                raise
+        block = min(block * 4, size + 1, _MAX_BLOCK)
+
+
+def check_text(head: bytes, path: str) -> None:
+    """Refuse a text-format input (JSON Lines, CSV) whose first bytes are not UTF-8 text, in one line,
+    rather than reading it as rows of garbage."""
+    if b"\0" in head:
+        raise InputError(f"data.source: {path} is not text (a NUL byte at offset {head.index(0)})")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:  # not just a character cut by the end of the probe
+            byte = head[err.start : err.start + 1].hex()
+            raise InputError(
+                f"data.source: {path} is not UTF-8 text (byte 0x{byte} at offset {err.start})"
+            ) from None
+
+
+def some_objects(table: pa.Table, path: str) -> pa.Table:
+    """`table` (JSON Lines read row by row) unless no line of it was an object: then the file is not
+    JSON Lines at all, and saying so beats a job of error rows or a missing-column error."""
+    if table.num_rows and table.column_names == [INPUT_ERROR]:
+        first = table.column(INPUT_ERROR)[0].as_py()
+        raise InputError(
+            f"data.source: {path} is not JSON Lines: its first lines hold no JSON object ({first})"
+        )
+    return table
 
 
 def read_jsonl_rows(path: str) -> pa.Table:

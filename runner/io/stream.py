@@ -30,6 +30,7 @@ import pyarrow.json
 import pyarrow.parquet as pq
 
 from runner.config import DataConfig
+from runner.errors import InputError
 from runner.io import inputs
 from runner.io.chunks import Chunk, _chunks, _csv_reader, _head_columns, _parse_jsonl, _resolve_uri
 from runner.io.outputs import INPUT_ERROR
@@ -95,7 +96,11 @@ def open_input(cfg: DataConfig) -> StreamedInput:
         planned = StreamedInput(cfg, None, [], table.schema, table=table)
     else:
         chunks = _chunks(fs, files, fmt, cfg.limit)
-        planned = StreamedInput(cfg, fs, chunks, _head_columns(fs, files[0], fmt))
+        # The columns come from the first file with rows: an empty shard of a glob says nothing.
+        head = next((c.path for c in chunks if c.rows), None)
+        planned = StreamedInput(cfg, fs, chunks, _head_columns(fs, head, fmt) if head else pa.schema([]))
+    if planned.total_rows == 0:
+        raise InputError(f"data.source: {cfg.source} is empty: no rows to run")
     _check_planned_columns(planned)
     return planned
 
