@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from runner.errors import ConfigError, InputError, JobFailed
 from runner.io.outputs import read_summary
-from runner.scoring.metrics import METRICS_NAME, mean_stderr, read_metrics, read_rows
+from runner.scoring.metrics import METRICS_NAME, mean_stderr, read_metrics, read_rows, write_metrics
 
 MAX_FLIPS_SHOWN = 10
 
@@ -96,6 +96,28 @@ class Run:
     def value(self, task: str, metric: str) -> float | None:
         return self.metrics["tasks"].get(task, {}).get(metric)
 
+    def describe(self) -> str:
+        """Which model the run evaluated: `model @ revision`."""
+        return describe_model(self.metrics)
+
+
+def describe_model(document: dict) -> str:
+    """`model @ revision` of a metrics document (or a history row); the revision may be unknown."""
+    revision = document.get("model_revision")
+    return (
+        f"{document.get('model')} @ {revision}" if revision else f"{document.get('model')} (revision unknown)"
+    )
+
+
+def model_change(base: dict, new: dict) -> str | None:
+    """What changed in the model between two runs' metrics documents (or history rows), or None."""
+    if base.get("model") != new.get("model"):
+        return f"the runs evaluated different models: {base.get('model')} -> {new.get('model')}"
+    old, now = base.get("model_revision"), new.get("model_revision")
+    if old and now and old != now:
+        return f"{new.get('model')} changed revision: {old} -> {now}"
+    return None
+
 
 @dataclass
 class Line:
@@ -143,10 +165,13 @@ def compare(base: Run, new: Run) -> list[Line]:
     return lines
 
 
-def _fmt(value: float | None, signed: bool = False) -> str:
+def fmt(value: float | None, signed: bool = False, digits: int = 4) -> str:
+    """A metric value as people read it: fixed digits, '-' for none, and never '-0.0000' (a difference
+    that rounds to zero is zero, whatever its sign was)."""
     if value is None:
         return "-"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
+    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    return f"{0:.{digits}f}" if float(text) == 0 else text
 
 
 def format_lines(lines: list[Line], max_flips: int = MAX_FLIPS_SHOWN) -> str:
@@ -154,8 +179,8 @@ def format_lines(lines: list[Line], max_flips: int = MAX_FLIPS_SHOWN) -> str:
     out = [f"{'task':<20} {'metric':<16} {'base':>8} {'new':>8} {'diff':>9} {'paired_se':>9} {'shared':>6}"]
     for ln in lines:
         out.append(
-            f"{ln.task:<20} {ln.metric:<16} {_fmt(ln.base):>8} {_fmt(ln.new):>8} "
-            f"{_fmt(ln.diff, True):>9} {_fmt(ln.paired_se):>9} {ln.shared:>6}"
+            f"{ln.task:<20} {ln.metric:<16} {fmt(ln.base):>8} {fmt(ln.new):>8} "
+            f"{fmt(ln.diff, True):>9} {fmt(ln.paired_se):>9} {ln.shared:>6}"
         )
     for ln in lines:
         if ln.flips:
@@ -175,7 +200,7 @@ def violations(lines: list[Line], new: Run, gates: Gates, have_base: bool) -> li
             for task, metric in pairs:
                 value = new.value(task, metric)
                 if gate.applies(task, metric) and (value is None or value < gate.threshold):
-                    found.append(f"{gate} violated: {task} {metric} = {_fmt(value)} < {gate.threshold:g}")
+                    found.append(f"{gate} violated: {task} {metric} = {fmt(value)} < {gate.threshold:g}")
         elif have_base:
             for ln in lines:
                 if gate.applies(ln.task, ln.metric) and ln.base is not None:
@@ -183,7 +208,7 @@ def violations(lines: list[Line], new: Run, gates: Gates, have_base: bool) -> li
                     if drop > gate.threshold:
                         found.append(
                             f"{gate} violated: {ln.task} {ln.metric} fell {drop:.4f} "
-                            f"({_fmt(ln.base)} -> {_fmt(ln.new)}) > {gate.threshold:g}"
+                            f"({fmt(ln.base)} -> {fmt(ln.new)}) > {gate.threshold:g}"
                         )
     return found
 
@@ -196,36 +221,57 @@ def check_gates(gates: Gates, pairs: list[tuple[str, str]]) -> None:
             raise ConfigError(f"{gate}: no task reports this metric (known: {known})")
 
 
-def gate_command(base_path: str | None, new_path: str, gates: Gates) -> int:
-    """Compare (when there is a base), print, apply the gates: 0, or GateFailed (exit 1) naming the first."""
+def gate_command(base_path: str | None, new_path: str, gates: Gates, record: bool = False) -> int:
+    """Compare (when there is a base), print, apply the gates: 0, or GateFailed (exit 1) naming the first.
+
+    `record`: write the verdict into the new run's `_metrics.json` (`gate`), so its report says whether
+    the scheduled run passed; done before a failure is raised, so a failed night is on record too."""
     new = Run.load(new_path)
     lines: list[Line] = []
-    if base_path is not None:
-        base = Run.load(base_path)
+    base = Run.load(base_path) if base_path is not None else None
+    if base is not None:
         lines = compare(base, new)
-        print(f"base: {base_path}\nnew:  {new_path}")
+        print(f"base: {base_path}  ({base.describe()})\nnew:  {new_path}  ({new.describe()})")
+        change = model_change(base.metrics, new.metrics)
+        if change:
+            print(f"note: {change}")
         print(format_lines(lines))
     elif gates.of("max-drop"):
         print("no baseline run yet: --max-drop gates skipped")
-    failed = violations(lines, new, gates, base_path is not None)
+    failed = violations(lines, new, gates, base is not None)
+    applied = [g for g in gates.items if base is not None or g.kind == "fail-below"]
+    if record and gates.any:
+        skipped = [str(g) for g in gates.items if g not in applied]
+        write_metrics(new_path, {**new.metrics, "gate": verdict(base, applied, skipped, failed)})
     for line in failed:
         print(f"gate failed: {line}")
     if failed:
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         raise GateFailed(f"{failed[0]}{more}")
-    applied = [g for g in gates.items if base_path is not None or g.kind == "fail-below"]
     if applied:
         print(f"gates passed: {', '.join(str(g) for g in applied)}")
     return 0
 
 
+def verdict(base: Run | None, applied: list[Gate], skipped: list[str], failed: list[str]) -> dict:
+    """The gate verdict as the run's metrics document keeps it (`gate`)."""
+    return {
+        "passed": not failed,
+        "gates": [str(g) for g in applied],
+        "skipped": skipped,
+        "violations": failed,
+        "baseline": base.path if base else None,
+        "baseline_model": base.describe() if base else None,
+    }
+
+
 def metrics_table(document: dict, path: str) -> str:
     """What `runner eval` prints at the end: each task's metrics with their standard errors."""
-    out = [f"metrics of {path} (model {document.get('model')}, {document.get('wall_s')} s):"]
+    out = [f"metrics of {path} ({describe_model(document)}, {document.get('wall_s')} s):"]
     for task, entry in document["tasks"].items():
         parts = []
         for metric in metric_names(entry):
             se = entry.get(f"{metric}_stderr")
-            parts.append(f"{metric} {_fmt(entry[metric])}" + (f" ± {se:.4f}" if se is not None else ""))
+            parts.append(f"{metric} {fmt(entry[metric])}" + (f" ± {se:.4f}" if se is not None else ""))
         out.append(f"  {task}: {', '.join(parts)} (n={entry['n']}, errors={entry['errors']})")
     return "\n".join(out)

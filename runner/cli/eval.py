@@ -45,5 +45,5 @@ def execute(args: argparse.Namespace) -> int:
     document = run(cfg, overwrite=args.overwrite, max_error_rate=args.max_error_rate, record=record)
     print(compare.metrics_table(document, cfg.output.path))
     if gates.any or args.baseline:
-        return compare.gate_command(baseline, cfg.output.path, gates)
+        return compare.gate_command(baseline, cfg.output.path, gates, record=True)
     return 0

@@ -132,6 +132,7 @@ class ChoiceTask:
         }
         if isinstance(q, RowError):
             return {**out, "error": q.reason, "error_kind": "row", "finish_reason": "error"}
+        out["target"] = q.choices[q.gold]  # the choice's text: an index means nothing in a report
         scored = [results[r.id] for r in q.requests]
         failed = next((s.error for s in scored if s.error), None)
         if failed:
