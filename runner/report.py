@@ -7,6 +7,7 @@ a mark where the model changed, and the rows whose score flipped between the las
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from html import escape
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from runner.scoring.metrics import read_metrics
 from runner.suite import Suite
 
 WIDTH, HEIGHT, PAD, BOTTOM = 560, 230, 40, 80
+LABEL_ROOM = 60  # right of the last run: its slanted label runs down to the right
 RUN_SPACING = 26  # px between runs: every run gets its own readable x-axis label
 MAX_FLIPS = 50
 SIGNIFICANT = 2.0  # paired standard errors: a change beyond this many is unlikely to be noise
@@ -54,6 +56,10 @@ def run_infos(suite: Suite, history: list[dict], names: list[str]) -> list[RunIn
     return infos
 
 
+def when(finished: object) -> str:
+    return f"{finished:%Y-%m-%d %H:%M UTC}" if isinstance(finished, datetime) else str(finished)
+
+
 def chart(points: list[dict]) -> str:
     """An SVG line chart of one metric over runs: every run labelled on the x-axis, a dashed line where
     the evaluated model (or its revision) changed, each point's tooltip naming run, model and value."""
@@ -76,7 +82,9 @@ def chart(points: list[dict]) -> str:
     def xy(i: int, v: float) -> tuple[float, float]:
         return PAD + i * step, plot_bottom - (v - low) / (high - low) * (plot_bottom - PAD / 2)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{HEIGHT}" role="img">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width + LABEL_ROOM}" height="{HEIGHT}" role="img">'
+    ]
     for v in (low, (low + high) / 2, high):
         _, y = xy(0, v)
         parts.append(f'<line x1="{PAD}" x2="{width - PAD}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
@@ -97,8 +105,8 @@ def chart(points: list[dict]) -> str:
         x = xy(i, low)[0]
         label = p["run"] if len(p["run"]) <= 18 else p["run"][:17] + "…"
         parts.append(
-            f'<text x="{x:.1f}" y="{plot_bottom + 12}" font-size="9" text-anchor="end" '
-            f'transform="rotate(-40 {x:.1f} {plot_bottom + 12})"><title>{escape(p["run"])}</title>'
+            f'<text x="{x - 3:.1f}" y="{plot_bottom + 12}" font-size="9" '
+            f'transform="rotate(40 {x - 3:.1f} {plot_bottom + 12})"><title>{escape(p["run"])}</title>'
             f"{escape(label)}</text>"
         )
         if p["value"] is None:
@@ -135,7 +143,7 @@ def latest_summary(infos: list[RunInfo], lines: list[Line] | None) -> str:
     items = [
         f'<li>Gate: <span class="{css}">{escape(words)}</span></li>',
         f"<li>Model: <b>{escape(describe_model(latest.identity))}</b></li>",
-        f"<li>Finished: {escape(str(latest.finished_at))}; code {escape(str(latest.code_version))}; "
+        f"<li>Finished: {escape(when(latest.finished_at))}; code {escape(str(latest.code_version))}; "
         f"config {escape(str(latest.config_hash))}</li>",
     ]
     if len(infos) >= 2:
@@ -186,7 +194,7 @@ def runs_table(infos: list[RunInfo]) -> str:
             cells.append(f"<td{mark}>{escape(str(value or '-'))}</td>")
         css, words = gate_text(info.gate)
         rows.append(
-            f"<tr><td>{i + 1}</td><td>{escape(info.name)}</td><td>{escape(str(info.finished_at))}</td>"
+            f"<tr><td>{i + 1}</td><td>{escape(info.name)}</td><td>{escape(when(info.finished_at))}</td>"
             f'{"".join(cells)}<td class="{css}">{escape(words)}</td></tr>'
         )
     return f"<table>{head}{''.join(rows)}</table>"

@@ -35,7 +35,9 @@ def make_run(suite: Suite, name: str, model: str, revision: str | None, scores: 
         tasks[task] = {"n": len(IDS), "errors": 0}
         for metric, values in metrics.items():
             tasks[task][metric], tasks[task][f"{metric}_stderr"] = mean_stderr(values)
-    pq.write_table(pa.Table.from_pylist(rows), path / "part-00000.parquet")
+    columns = {key for row in rows for key in row}  # every task's metric columns, null where not its own
+    table = pa.Table.from_pylist([{c: row.get(c) for c in sorted(columns)} for row in rows])
+    pq.write_table(table, path / "part-00000.parquet")
     (path / "_job.json").write_text(json.dumps({"status": "done", "config_hash": "h1"}))
     document = {"tasks": tasks, "model": model, "model_revision": revision, "config_hash": "h1"}
     document |= {"code_version": "0.1.0+abc", "status": "done"} | ({"gate": gate} if gate else {})
