@@ -121,3 +121,26 @@ def test_the_readme_job_config_is_a_valid_config():
     for block in blocks:
         cfg = build_config(yaml.safe_load(block))
         assert cfg.model.path and cfg.data.source
+
+
+def missing_paths(page: Path) -> list[str]:
+    """Repository paths the page names in backticks (`runner/engine/prefix.py`) that do not exist."""
+    missing = []
+    for named in re.findall(r"`((?:runner|jobs|scripts|tests|configs|docs)/[^`\s]*)`", page.read_text()):
+        head, brace, rest = named.partition("{")
+        options = rest.partition("}")
+        paths = [head + o + options[2] for o in options[0].split(",")] if brace else [named]
+        if not all(list(REPO.glob(p.rstrip("/"))) for p in paths):
+            missing.append(f"{page.name}: {named}")
+    return missing
+
+
+def test_paths_named_in_the_docs_exist():
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    assert [m for page in pages for m in missing_paths(page)] == []
+
+
+def test_a_moved_module_is_found(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("`runner/cli/{run,nosuch}.py` `tests/data/model_configs/*/config.json` `runner/gone.py`")
+    assert missing_paths(page) == ["page.md: runner/cli/{run,nosuch}.py", "page.md: runner/gone.py"]
