@@ -133,7 +133,8 @@ class BatchingConfig(_Strict):
     stall_timeout_s: float | None = Field(
         600.0,
         gt=0,
-        description="an engine call whose rows make no progress for this long fails as engine errors",
+        description="an engine call whose rows make no progress for this long fails as engine errors and the "
+        "replica restarts; also bounds the start-up probe",
     )
     rows_per_task: int = Field(
         256, ge=1, description="rows a replica receives per Ray Data batch (also the unit Ray Data schedules)"
