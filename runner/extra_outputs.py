@@ -29,12 +29,15 @@ def _per_sample(kind: pa.DataType, n: int) -> pa.DataType:
     return pa.list_(kind) if n > 1 else kind
 
 
-def fields(cfg: JobConfig) -> list[pa.Field]:
-    """The optional columns this config turns on, with their types."""
-    n, out = cfg.sampling.n, []
+def fields(cfg: JobConfig, lists: bool | None = None, logprobs: bool | None = None) -> list[pa.Field]:
+    """The optional columns this config turns on, with their types. `lists` / `logprobs` replace what
+    the config says (n > 1; sampling.logprobs set) for a job whose rows choose their own n and logprobs."""
+    n = (2 if lists else 1) if lists is not None else cfg.sampling.n
+    logprobs = cfg.sampling.logprobs is not None if logprobs is None else logprobs
+    out = []
     if cfg.output.token_ids:
         out.append(pa.field("token_ids", _per_sample(pa.list_(pa.int64()), n)))
-    if cfg.sampling.logprobs is not None:
+    if logprobs:
         out.append(pa.field("logprobs", _per_sample(pa.list_(_TOKEN), n)))
     if cfg.sampling.prompt_logprobs:
         out.append(pa.field("prompt_logprobs", pa.list_(pa.float64())))
@@ -46,9 +49,10 @@ def fields(cfg: JobConfig) -> list[pa.Field]:
 class ExtraColumns:
     """Appends the optional columns to the stage's output table."""
 
-    def __init__(self, cfg: JobConfig, tokenizer: Any):
+    def __init__(self, cfg: JobConfig, tokenizer: Any, lists: bool | None = None, logprobs: bool | None = None):
         self.cfg = cfg
-        self.fields = fields(cfg)
+        self.fields = fields(cfg, lists, logprobs)
+        self.lists = cfg.sampling.n > 1 if lists is None else lists
         self.tokenizer = tokenizer
 
     def append(self, table: pa.Table, rows: list, done: dict) -> pa.Table:
@@ -63,13 +67,15 @@ class ExtraColumns:
             return None
         if name == "prompt_logprobs":
             return completion.prompt_logprobs
+        if name == "logprobs" and completion.logprobs is None:  # a row that did not ask for them
+            return None
         per_sample = {
             "token_ids": lambda j: completion.token_ids[j],
             "logprobs": lambda j: self._logprobs(completion.logprobs[j]),
             "parsed": lambda j: parse(completion.texts[j], row.request.constraint),
         }[name]
         values = [per_sample(j) for j in range(len(completion.token_ids))]
-        return values if self.cfg.sampling.n > 1 else values[0]
+        return values if self.lists else values[0]
 
     def _logprobs(self, tokens: list) -> list[dict]:
         def entry(t) -> dict:

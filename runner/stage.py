@@ -154,9 +154,22 @@ class GenerationStage:
         self.prompts = PromptBuilder(cfg.data.prompt, self.engine.tokenizer)
         self.options = RowOptions(cfg)  # per-row sampling / schema / adapter columns
         self._check_row_options(cfg)
-        self.extra_columns = ExtraColumns(cfg, self.engine.tokenizer)  # columns only some options add
+        # columns only some options add
+        self.extra_columns = ExtraColumns(cfg, self.engine.tokenizer, self.lists, self.logprobs_column)
         self.replica = replica_label()
         self.watchdog = Watchdog(cfg.batching.stall_timeout_s)
+
+    # Hooks for a job kind whose rows carry their own n and logprobs (jobs/openai_batch): every row
+    # then writes its samples as lists, and the logprobs column exists whichever rows ask for it.
+    @property
+    def lists(self) -> bool:
+        """Whether per-sample columns (generation, finish_reason, ...) hold lists, one entry per sample."""
+        return self.cfg.sampling.n > 1
+
+    @property
+    def logprobs_column(self) -> bool:
+        """Whether the output has the `logprobs` column (null in rows that did not ask for logprobs)."""
+        return self.cfg.sampling.logprobs is not None
 
     def _check_row_options(self, cfg: JobConfig) -> None:
         """Per-row option columns the engine's strategy cannot honour fail at start, not on every row."""
@@ -265,7 +278,7 @@ class GenerationStage:
     def _output(
         self, batch: pa.Table, rows: list[_Row], done: dict[str, Completion], isolated: set = frozenset()
     ) -> pa.Table:
-        n = self.cfg.sampling.n
+        n, lists = self.cfg.sampling.n, self.lists
         columns = {name: [] for name in RESULT_FIELDS}
         for row in rows:
             # Keyed by the row's own request: a row that sent none (a repeated id) gets no completion.
@@ -273,18 +286,19 @@ class GenerationStage:
             error = row.error or (c.error if c is not None else "engine returned no result")
             # A row's own fault (input, prompt, context, a row that fails alone) or the engine's.
             kind = None if not error else ("row" if row.error or row.id in isolated else "engine")
-            texts = None if error else (c.texts if n > 1 else c.texts[0])
+            texts = None if error else (c.texts if lists else c.texts[0])
             reasons = ["error"] * n if error else c.finish_reasons
             columns["prompt"].append(row.prompt)
             columns["generation"].append(texts)
             columns["prompt_tokens"].append(len(row.request.prompt_ids) if row.request else 0)
             columns["generated_tokens"].append(c.generated_tokens if c is not None else 0)
-            columns["finish_reason"].append(reasons if n > 1 else reasons[0])
+            columns["finish_reason"].append(reasons if lists else reasons[0])
             columns["error"].append(error)
             columns["error_kind"].append(kind)
             columns["replica"].append(self.replica)
         keep = ["id", *self.cfg.data.carry_columns]
+        results = result_schema(2 if lists else 1)
         return pa.Table.from_arrays(
-            [*batch.select(keep).columns, *(pa.array(columns[f.name], f.type) for f in result_schema(n))],
-            schema=pa.schema([*batch.select(keep).schema, *result_schema(n)]),
+            [*batch.select(keep).columns, *(pa.array(columns[f.name], f.type) for f in results)],
+            schema=pa.schema([*batch.select(keep).schema, *results]),
         )

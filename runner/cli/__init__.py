@@ -1,4 +1,4 @@
-"""Command line: `runner run | eval | plan | compare | report | submit | status | logs | stop | list`.
+"""Command line: `runner run | eval | batch | plan | compare | report | submit | status | logs | stop | list`.
 
 Also `python -m runner`.
 
@@ -11,6 +11,7 @@ import argparse
 import traceback
 
 from runner import logs
+from runner.cli import batch as batch_command
 from runner.cli import compare as compare_command
 from runner.cli import eval as eval_command
 from runner.cli import job_logs as logs_command
@@ -35,6 +36,7 @@ COMMANDS = {
     "logs": logs_command,
     "stop": stop_command,
     "list": list_command,
+    "batch": batch_command,
 }
 
 

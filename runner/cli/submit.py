@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("submit", help="submit a job to a Ray cluster (attaches when it is already running)")
     p.add_argument("config", help="job config (YAML), inside the working directory")
     options.add_address(p)
-    p.add_argument("--kind", choices=["run", "eval"], default="run", help="the job's command (default: run)")
+    p.add_argument("--kind", choices=["run", "eval", "batch"], default="run", help="the job's command (default: run)")
     p.add_argument("--no-wait", action="store_true", help="print the submission id and return")
     p.add_argument(
         "--working-dir", default=".", metavar="DIR", help="shipped to the cluster (default: this directory)"
@@ -60,6 +60,10 @@ def execute(args: argparse.Namespace) -> int:
 
 
 def _kind_config(kind: str):
+    if kind == "batch":  # the request and results files: --set batch.input=URI --set batch.output_file=URI
+        from jobs.openai_batch.config import BatchConfig
+
+        return BatchConfig
     if kind == "eval":
         from runner.scoring.config import EvalConfig
 

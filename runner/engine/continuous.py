@@ -331,7 +331,7 @@ class ContinuousGenerator:
             seq.request.progress.step()
         if output.error is not None or output.is_finished():
             self._finish(output.request_id, seq, call, output.error)
-        elif self.stopper.has_stop(seq.tokens):
+        elif self.stopper.has_stop(seq.tokens, seq.request):
             self.manager.cancel_request(output.request_id)
             self._finish(output.request_id, seq, call, None)
 

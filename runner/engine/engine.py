@@ -124,7 +124,7 @@ class Engine:
         if progress is not None:
             requests = [dataclasses.replace(r, progress=progress) for r in requests]
         done = self.generator.generate(requests)
-        if logprobs.wanted(self.sampling):
+        if logprobs.wanted(self.sampling, requests):
             logprobs.attach(self.model, requests, done, self.sampling)
         return done
 

@@ -26,14 +26,22 @@ CHUNK = (
 )
 
 
-def wanted(sampling: SamplingConfig) -> bool:
-    return sampling.logprobs is not None or sampling.prompt_logprobs
+def wanted(sampling: SamplingConfig, requests: list[Request] = ()) -> bool:
+    """Whether the job, or any of `requests` (its own `RowSampling.logprobs`), asks for logprobs."""
+    own = any(r.sampling is not None and r.sampling.logprobs is not None for r in requests)
+    return own or sampling.logprobs is not None or sampling.prompt_logprobs
+
+
+def top_k(sampling: SamplingConfig, request: Request) -> int | None:
+    """Alternatives per generated token for one request: its own, else the job's (None: no logprobs)."""
+    return request.sampling.own("logprobs", sampling.logprobs) if request.sampling else sampling.logprobs
 
 
 def attach(model, requests: list[Request], completions: list[Completion], sampling: SamplingConfig) -> None:
     """Fill `logprobs` / `prompt_logprobs` of each successful completion (in place)."""
     for request, completion in zip(requests, completions, strict=True):
-        if completion.error is not None:
+        k = top_k(sampling, request)
+        if completion.error is not None or (k is None and not sampling.prompt_logprobs):
             continue
         whole = sampling.prompt_logprobs
         with adapters.active(model, request.adapter):
@@ -42,9 +50,9 @@ def attach(model, requests: list[Request], completions: list[Completion], sampli
             for tokens in unique:
                 unique[tokens] = _score(model, request.prompt_ids, list(tokens), whole)
         scored = [unique[tuple(t)] for t in completion.token_ids]
-        if sampling.logprobs is not None:
+        if k is not None:
             completion.logprobs = [
-                _generated(logp, tokens, sampling.logprobs)
+                _generated(logp, tokens, k)
                 for logp, tokens in zip(scored, completion.token_ids, strict=True)
             ]
         if sampling.prompt_logprobs:

@@ -33,7 +33,7 @@ from runner.engine.memory import split_on_oom, token_budget
 from runner.engine.prefix import Layout, PrefixStore, SharedPrefill
 from runner.engine.processors import RowProcessors
 from runner.engine.sampling import Sampler
-from runner.engine.sequence import Sequence, Stopper, eos_ids, expand
+from runner.engine.sequence import Sequence, Stopper, computed, eos_ids, expand
 from runner.engine.types import Completion, Request, stepped
 from runner.errors import first_line
 
@@ -96,7 +96,7 @@ class PaddedGenerator:
 
     def plan(self, requests: list[Request]) -> list[list[Request]]:
         """The batches to run, longest prompts first (each is one unit of out-of-memory retry)."""
-        samples = 1 if self.sampling.greedy else self.sampling.n
+        samples = max((computed(r, self.sampling) for r in requests), default=1)  # a row's own n counts
         groups = adapters.groups(requests)  # a batch runs one adapter (runner.engine.adapters)
         return [
             b for g in groups for b in plan_batches(g, self.budget, self.batching.max_batch_size, samples)

@@ -35,6 +35,22 @@ def penalties_used(sampling: SamplingConfig) -> bool:
     )
 
 
+def own_penalties(request) -> bool:
+    """Whether a request sets its own presence / frequency penalty (an OpenAI batch request's body)."""
+    own = request.sampling
+    return own is not None and bool(own.presence_penalty or own.frequency_penalty)
+
+
+def additive_penalties(sampling: SamplingConfig, request) -> tuple[float, float]:
+    """(presence, frequency) for one request: its own values, else the job's."""
+    own = request.sampling
+    if own is None:
+        return sampling.presence_penalty, sampling.frequency_penalty
+    return own.own("presence_penalty", sampling.presence_penalty), own.own(
+        "frequency_penalty", sampling.frequency_penalty
+    )
+
+
 class RowProcessors:
     """The padded strategy's per-row logits processors: penalties, then grammar masks."""
 
@@ -56,7 +72,7 @@ class RowProcessors:
 
     def apply(self, logits: torch.Tensor, seqs: list) -> torch.Tensor:
         """Logits after the processors each row uses (the same tensor when none applies)."""
-        if self.penalties:
+        if self.penalties or any(own_penalties(s.request) for s in seqs):
             logits = torch.cat([self._penalize(logits[i : i + 1], s) for i, s in enumerate(seqs)])
         if any(s.request.constraint is not None for s in seqs):
             logits = self.grammars.mask(logits, seqs)
@@ -74,9 +90,10 @@ class RowProcessors:
         if s.repetition_penalty != 1.0:
             seen = torch.tensor([seq.request.prompt_ids + seq.tokens], device=scores.device)
             scores = RepetitionPenaltyLogitsProcessor(s.repetition_penalty)(seen, scores)
-        if (s.presence_penalty or s.frequency_penalty) and seq.tokens:
+        presence, frequency = additive_penalties(s, seq.request)
+        if (presence or frequency) and seq.tokens:
             counts = torch.bincount(torch.tensor(seq.tokens), minlength=scores.shape[-1]).to(scores)
-            scores = scores - s.frequency_penalty * counts - s.presence_penalty * (counts > 0).to(scores)
+            scores = scores - frequency * counts - presence * (counts > 0).to(scores)
         return scores
 
 

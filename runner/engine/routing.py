@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 
 from runner.config import SamplingConfig
-from runner.engine.processors import penalties_used
+from runner.engine.processors import own_penalties, penalties_used
 from runner.engine.sampling import row_params
 from runner.engine.types import Completion, Request
 
@@ -27,7 +27,7 @@ def needs_padded(request: Request, sampling: SamplingConfig, manager_keys: set[s
     """Whether a request needs per-row host state the manager cannot give (see module docstring).
 
     `manager_keys`: the per-request arguments the manager's processors take (temperature, top_p, ...)."""
-    if request.constraint is not None or penalties_used(sampling):
+    if request.constraint is not None or penalties_used(sampling) or own_penalties(request):
         return True
     if request.sampling is None:
         return False

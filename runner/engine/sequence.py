@@ -43,10 +43,25 @@ def expand(requests: list[Request], sampling: SamplingConfig) -> list[Sequence]:
     A row's own temperature and seed (Request.sampling) decide for that row."""
     seqs = []
     for r in requests:
-        params = row_params(sampling, r)
-        per_request = 1 if params.greedy else sampling.n
-        seqs += [Sequence(r, j, row_key(params.seed, r.id, j)) for j in range(per_request)]
+        seed = row_params(sampling, r).seed
+        seqs += [Sequence(r, j, row_key(seed, r.id, j)) for j in range(computed(r, sampling))]
     return seqs
+
+
+def computed(request: Request, sampling: SamplingConfig) -> int:
+    """Sequences computed for a request: its samples, or one when it is greedy (all would be equal)."""
+    return 1 if row_params(sampling, request).greedy else samples(request, sampling.n)
+
+
+def samples(request: Request, n: int) -> int:
+    """Samples a request asks for: its own n, else the job's."""
+    return request.sampling.own("n", n) if request.sampling is not None else n
+
+
+def request_stops(request: Request, stops: list[str]) -> list[str]:
+    """Stop strings of a request: its own, else the job's."""
+    own = request.sampling.stop if request.sampling is not None else None
+    return list(own) if own is not None else stops
 
 
 def eos_ids(tokenizer, model, sampling: SamplingConfig | None = None) -> set[int]:
@@ -72,62 +87,75 @@ class Stopper:
         self.tokenizer = tokenizer
         self.eos = eos
         self.stops = stops
-        # A stop string of k characters spans at most 4 bytes each, and every token is at least one byte.
-        self.window = 4 * max((len(s) for s in stops), default=0) + 4
+        self.window = _window(stops)
 
     def update(self, seq: Sequence) -> bool:
         """After a token was appended: mark and return whether the sequence is now finished."""
         tokens = seq.tokens
         seq.finished = (
-            tokens[-1] in self.eos or len(tokens) >= seq.request.max_new_tokens or self.has_stop(tokens)
+            tokens[-1] in self.eos
+            or len(tokens) >= seq.request.max_new_tokens
+            or self.has_stop(tokens, seq.request)
         )
         return seq.finished
 
-    def has_stop(self, tokens: list[int]) -> bool:
-        """Whether the text of the last tokens holds a stop string (checked after every new token)."""
-        return bool(self.stops) and self._holds_stop(tokens[-self.window :])
+    def has_stop(self, tokens: list[int], request: Request | None = None) -> bool:
+        """Whether the text of the last tokens holds a stop string (checked after every new token);
+        `request`'s own stop strings replace the job's."""
+        stops = request_stops(request, self.stops) if request is not None else self.stops
+        window = self.window if stops is self.stops else _window(stops)
+        return bool(stops) and self._holds_stop(tokens[-window:], stops)
 
-    def _holds_stop(self, tokens: list[int]) -> bool:
-        return cut_at_stop(self._text(tokens), self.stops)[1]
+    def _holds_stop(self, tokens: list[int], stops: list[str]) -> bool:
+        return cut_at_stop(self._text(tokens), stops)[1]
 
     def _text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
-    def final(self, tokens: list[int], limit: int) -> tuple[list[int], str, str]:
-        """(tokens, text, finish reason) of a finished sample: cut at EOS, limit or stop string."""
+    def final(self, tokens: list[int], limit: int, stops: list[str] | None = None) -> tuple[list[int], str, str]:
+        """(tokens, text, finish reason) of a finished sample: cut at EOS, limit or stop string
+        (`stops`: a request's own, else the job's)."""
+        stops = self.stops if stops is None else stops
         tokens = tokens[:limit]
         reason = "length"
         eos_at = next((i for i, t in enumerate(tokens) if t in self.eos), None)
         if eos_at is not None:
             tokens, reason = tokens[:eos_at], "stop"
-        text, stopped = cut_at_stop(self._text(tokens), self.stops)
+        text, stopped = cut_at_stop(self._text(tokens), stops)
         if stopped:
-            return self._through_stop(tokens), text, "stop"
+            return self._through_stop(tokens, stops), text, "stop"
         return tokens, text, reason
 
-    def _through_stop(self, tokens: list[int]) -> list[int]:
+    def _through_stop(self, tokens: list[int], stops: list[str]) -> list[int]:
         """The shortest prefix whose text holds a stop string (binary search: holding one is monotone)."""
         low, high = 1, len(tokens)
         while low < high:
             mid = (low + high) // 2
-            if self._holds_stop(tokens[:mid]):
+            if self._holds_stop(tokens[:mid], stops):
                 high = mid
             else:
                 low = mid + 1
         return tokens[:high]
 
     def completions(self, requests: list[Request], seqs: list[Sequence], n: int) -> list[Completion]:
-        """One Completion per request (in request order) from its finished sequences."""
+        """One Completion per request (in request order) from its finished sequences; `n`: the job's
+        samples per request (a request's own n replaces it)."""
         by_request: dict[str, list[Sequence]] = {}
         for seq in seqs:
             by_request.setdefault(seq.request.id, []).append(seq)
-        return [self._complete(r, by_request[r.id], n) for r in requests]
+        return [self._complete(r, by_request[r.id], samples(r, n)) for r in requests]
 
     def _complete(self, request: Request, seqs: list[Sequence], n: int) -> Completion:
         done = Completion(id=request.id)
+        stops = request_stops(request, self.stops)
         for seq in sorted(seqs, key=lambda s: s.sample) * (n // len(seqs)):
-            tokens, text, reason = self.final(seq.tokens, request.max_new_tokens)
+            tokens, text, reason = self.final(seq.tokens, request.max_new_tokens, stops)
             done.token_ids.append(tokens)
             done.texts.append(text)
             done.finish_reasons.append(reason)
         return done
+
+
+def _window(stops: list[str]) -> int:
+    # A stop string of k characters spans at most 4 bytes each, and every token is at least one byte.
+    return 4 * max((len(s) for s in stops), default=0) + 4

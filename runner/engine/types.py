@@ -26,11 +26,22 @@ class Progress:
 
 @dataclass(frozen=True)
 class RowSampling:
-    """A row's own sampling values (from data.*_column); None keeps the job's."""
+    """A row's own sampling values (from data.*_column, or an OpenAI batch request's body); None keeps
+    the job's."""
 
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
+    n: int | None = None
+    stop: tuple[str, ...] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logprobs: int | None = None  # top-K alternatives per generated token (0: the chosen token's only)
+
+    def own(self, name: str, job_value):
+        """The row's value of `name`, else the job's."""
+        value = getattr(self, name)
+        return job_value if value is None else value
 
 
 @dataclass(frozen=True)

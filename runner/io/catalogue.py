@@ -118,6 +118,19 @@ class Catalogue:
             except (pa.ArrowException, OSError, KeyError) as err:
                 raise OutputError(f"output.path: cannot read column '{name}' of {file}: {err}") from None
 
+    def tables(self, names: list[str]) -> Iterator[tuple[pa.Table, float]]:
+        """The named columns (those a part has) of each committed part, in part order, with the time
+        the part was written (Unix seconds)."""
+        for number in self.committed():
+            file = self._file(number)
+            try:
+                present = set(pq.read_schema(file, filesystem=self.fs).names)
+                table = pq.read_table(file, columns=[n for n in names if n in present], filesystem=self.fs)
+                mtime = self.fs.get_file_info(file).mtime
+            except (pa.ArrowException, OSError) as err:
+                raise OutputError(f"output.path: cannot read {file}: {err}") from None
+            yield table, mtime.timestamp() if mtime is not None else 0.0
+
     def ids(self) -> pa.Array:
         """Ids of every committed part as one Arrow string array: resume's lookup, in Arrow memory."""
         chunks = [chunk for column in self.columns("id") for chunk in column.cast(pa.string()).chunks]

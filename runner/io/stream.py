@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,9 @@ class StreamedInput:
     chunks: list[Chunk]
     columns: pa.Schema  # the data columns (first file), before `id` is added
     table: pa.Table | None = None  # saved and hub datasets: memory-mapped Arrow
+    # A JSON Lines format of its own (an OpenAI batch request file): (bytes, file name, first line
+    # number) -> a table in `columns`; a module-level function, so read tasks can pickle it.
+    parse: Callable[[bytes, str, int], pa.Table] | None = None
 
     @property
     def total_rows(self) -> int:
@@ -65,7 +69,7 @@ class StreamedInput:
 
         done_ref = ray.put(done_ids) if done_ids is not None and len(done_ids) else None
         width = inputs._id_width(self.total_rows)
-        plan = _Plan(self.cfg, self.columns, width, done_ref, self.fs, block_rows=block_rows)
+        plan = _Plan(self.cfg, self.columns, width, done_ref, self.fs, block_rows=block_rows, parse=self.parse)
         if self.table is not None:
             chunks = [
                 Chunk("", "table", i, min(BLOCK_ROWS * 8, self.table.num_rows - i))
@@ -122,6 +126,7 @@ class _Plan:
     fs: pafs.FileSystem | None
     table_ref: object | None = None
     block_rows: int = BLOCK_ROWS
+    parse: Callable[[bytes, str, int], pa.Table] | None = None
 
 
 def _read_chunk(plan: _Plan, chunk: Chunk):
@@ -156,7 +161,7 @@ def _load(plan: _Plan, chunk: Chunk) -> pa.Table:
         with fs.open_input_file(chunk.path) as handle:
             handle.seek(chunk.start)
             data = handle.read(chunk.end - chunk.start)
-        return _parse_jsonl(data, os.path.basename(chunk.path), chunk.first_line)
+        return (plan.parse or _parse_jsonl)(data, os.path.basename(chunk.path), chunk.first_line)
     if chunk.fmt == "csv":
         return _csv_reader(fs, chunk.path).read_all()
     return inputs._read_json(chunk.path)
