@@ -49,7 +49,9 @@ def fields(cfg: JobConfig, lists: bool | None = None, logprobs: bool | None = No
 class ExtraColumns:
     """Appends the optional columns to the stage's output table."""
 
-    def __init__(self, cfg: JobConfig, tokenizer: Any, lists: bool | None = None, logprobs: bool | None = None):
+    def __init__(
+        self, cfg: JobConfig, tokenizer: Any, lists: bool | None = None, logprobs: bool | None = None
+    ):
         self.cfg = cfg
         self.fields = fields(cfg, lists, logprobs)
         self.lists = cfg.sampling.n > 1 if lists is None else lists

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from jobs.openai_batch.requests import CARRIED, ID_COLUMN
-from runner.config import DataConfig, JobConfig, PromptConfig
+from runner.config import DataConfig, JobConfig
 from runner.config.base import _Strict
 
 

@@ -286,7 +286,9 @@ def _completion(body: dict) -> Params | RequestProblem:
         return RequestProblem("unsupported_value", "best_of", "best_of other than n is not supported")
     logprobs = body.get("logprobs")
     if logprobs is not None and not 0 <= logprobs <= 5:
-        return RequestProblem("invalid_value", "logprobs", f"{logprobs!r} is out of range: must be >= 0 and <= 5")
+        return RequestProblem(
+            "invalid_value", "logprobs", f"{logprobs!r} is out of range: must be >= 0 and <= 5"
+        )
     prompt = _prompt(body["prompt"])
     if isinstance(prompt, RequestProblem):
         return prompt
@@ -313,5 +315,7 @@ def _prompt(prompt: Any) -> str | list[int] | RequestProblem:
     if prompt and all(isinstance(t, int) for t in prompt):
         return list(prompt)
     return RequestProblem(
-        "unsupported_value", "prompt", "several prompts in one request are not supported: one request per prompt"
+        "unsupported_value",
+        "prompt",
+        "several prompts in one request are not supported: one request per prompt",
     )

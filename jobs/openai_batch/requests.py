@@ -85,7 +85,9 @@ def _row(raw: bytes, number: int, name: str) -> dict | None:
     row[ID_COLUMN] = custom_id if isinstance(custom_id, str) or custom_id is None else json.dumps(custom_id)
     body = request.get("body")
     row["url"] = request.get("url") if isinstance(request.get("url"), str) else None
-    row["model"] = body.get("model") if isinstance(body, dict) and isinstance(body.get("model"), str) else None
+    row["model"] = (
+        body.get("model") if isinstance(body, dict) and isinstance(body.get("model"), str) else None
+    )
     row["body"] = json.dumps(body, ensure_ascii=False) if body is not None else None
     problem = _line_problem(request)
     if problem is not None:

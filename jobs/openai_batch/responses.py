@@ -91,7 +91,12 @@ def error_body(row: dict) -> tuple[int, dict]:
     if row.get("error_kind") == "engine":  # the infrastructure's failure: a retry may succeed
         error = {"message": row["error"], "type": "server_error", "param": None, "code": "server_error"}
         return 500, {"error": error}
-    error = {"message": row["error"], "type": "invalid_request_error", "param": None, "code": "invalid_request"}
+    error = {
+        "message": row["error"],
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_request",
+    }
     return 400, {"error": error}
 
 
@@ -120,7 +125,10 @@ def completion_body(row: dict, created: int) -> dict:
     else:
         choices = [
             CompletionChoice(
-                index=i, text=text, finish_reason=FINISH_REASONS.get(reason, "stop"), logprobs=_text_logprobs(tokens)
+                index=i,
+                text=text,
+                finish_reason=FINISH_REASONS.get(reason, "stop"),
+                logprobs=_text_logprobs(tokens),
             )
             for i, (text, reason, tokens) in enumerate(zip(texts, reasons, logprobs, strict=True))
         ]

@@ -33,7 +33,11 @@ def request_counts(output_dir: str) -> dict:
     rows, failed = Catalogue(fs, root).counts()
     summary = read_summary(output_dir) or {}
     total = summary.get(TOTAL_KEY)
-    return {"total": max(int(total), rows) if total is not None else rows, "completed": rows - failed, "failed": failed}
+    return {
+        "total": max(int(total), rows) if total is not None else rows,
+        "completed": rows - failed,
+        "failed": failed,
+    }
 
 
 def write_results(output_dir: str, output_uri: str, error_uri: str | None, order: str = "input") -> dict:

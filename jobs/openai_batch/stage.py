@@ -71,7 +71,9 @@ class BatchStage(GenerationStage):
         if model in self.adapters:
             return model
         known = ", ".join(sorted(self.base_names | self.adapters))
-        return RequestProblem("model_not_found", "model", f"the model {model!r} does not exist (here: {known})", 404)
+        return RequestProblem(
+            "model_not_found", "model", f"the model {model!r} does not exist (here: {known})", 404
+        )
 
     def _prompt(self, params: Params) -> tuple[str, list[int] | RequestProblem]:
         tokenizer = self.engine.tokenizer
@@ -80,7 +82,9 @@ class BatchStage(GenerationStage):
                 return tokenizer.decode(params.prompt_ids), params.prompt_ids
             return params.prompt, tokenizer(params.prompt, add_special_tokens=True)["input_ids"]
         if getattr(tokenizer, "chat_template", None) is None:
-            return "", RequestProblem("invalid_request", "messages", "the model's tokenizer has no chat template")
+            return "", RequestProblem(
+                "invalid_request", "messages", "the model's tokenizer has no chat template"
+            )
         try:
             # transformers continues a final assistant message (prefill) with continue_final_message;
             # the generation then does not repeat it, as in vLLM's chat API.
@@ -92,7 +96,9 @@ class BatchStage(GenerationStage):
             )
         except Exception as err:  # noqa: BLE001 - a template's refusal (roles out of order, ...) is this request's
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
-            return "", RequestProblem("invalid_value", "messages", f"the chat template refused them: {message}")
+            return "", RequestProblem(
+                "invalid_value", "messages", f"the chat template refused them: {message}"
+            )
         # The template wrote the special tokens it wants (BOS included).
         return text, tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -109,5 +115,7 @@ def _constraint(schema: dict | None) -> Constraint | None | RequestProblem:
         return RequestProblem("invalid_value", "response_format", str(err))
     reason = constraints.check(made)
     if reason:
-        return RequestProblem("invalid_value", "response_format", f"the JSON schema does not compile: {reason}")
+        return RequestProblem(
+            "invalid_value", "response_format", f"the JSON schema does not compile: {reason}"
+        )
     return made

@@ -11,7 +11,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("submit", help="submit a job to a Ray cluster (attaches when it is already running)")
     p.add_argument("config", help="job config (YAML), inside the working directory")
     options.add_address(p)
-    p.add_argument("--kind", choices=["run", "eval", "batch"], default="run", help="the job's command (default: run)")
+    p.add_argument(
+        "--kind", choices=["run", "eval", "batch"], default="run", help="the job's command (default: run)"
+    )
     p.add_argument("--no-wait", action="store_true", help="print the submission id and return")
     p.add_argument(
         "--working-dir", default=".", metavar="DIR", help="shipped to the cluster (default: this directory)"

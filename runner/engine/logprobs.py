@@ -52,8 +52,7 @@ def attach(model, requests: list[Request], completions: list[Completion], sampli
         scored = [unique[tuple(t)] for t in completion.token_ids]
         if k is not None:
             completion.logprobs = [
-                _generated(logp, tokens, k)
-                for logp, tokens in zip(scored, completion.token_ids, strict=True)
+                _generated(logp, tokens, k) for logp, tokens in zip(scored, completion.token_ids, strict=True)
             ]
         if sampling.prompt_logprobs:
             completion.prompt_logprobs = _prompt(scored[0], request.prompt_ids)

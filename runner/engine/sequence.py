@@ -112,7 +112,9 @@ class Stopper:
     def _text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
-    def final(self, tokens: list[int], limit: int, stops: list[str] | None = None) -> tuple[list[int], str, str]:
+    def final(
+        self, tokens: list[int], limit: int, stops: list[str] | None = None
+    ) -> tuple[list[int], str, str]:
         """(tokens, text, finish reason) of a finished sample: cut at EOS, limit or stop string
         (`stops`: a request's own, else the job's)."""
         stops = self.stops if stops is None else stops

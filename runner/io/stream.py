@@ -69,7 +69,9 @@ class StreamedInput:
 
         done_ref = ray.put(done_ids) if done_ids is not None and len(done_ids) else None
         width = inputs._id_width(self.total_rows)
-        plan = _Plan(self.cfg, self.columns, width, done_ref, self.fs, block_rows=block_rows, parse=self.parse)
+        plan = _Plan(
+            self.cfg, self.columns, width, done_ref, self.fs, block_rows=block_rows, parse=self.parse
+        )
         if self.table is not None:
             chunks = [
                 Chunk("", "table", i, min(BLOCK_ROWS * 8, self.table.num_rows - i))
