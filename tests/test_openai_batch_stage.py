@@ -76,7 +76,10 @@ def request_rows(requests: list[dict]) -> pa.Table:
         "line"
     ).to_pylist()  # a line without a custom_id is named by position, as the reader does
     ids = pa.array(
-        [i or f"input-error-row-{n}" for i, n in zip(table.column("custom_id").to_pylist(), lines)]
+        [
+            i or f"input-error-row-{n}"
+            for i, n in zip(table.column("custom_id").to_pylist(), lines, strict=True)
+        ]
     )
     return table.drop_columns(["custom_id"]).add_column(0, "id", ids)
 
