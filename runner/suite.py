@@ -5,12 +5,21 @@ newest finished run) and `SUITE/history.parquet` (one row per run x task x metri
 each finished run; one plain Parquet file, read by pandas, polars and duckdb as is). The nightly job
 calls the same `runner eval CONFIG --suite SUITE` every time: a run killed half way is resumed by the
 next call with the same settings instead of a new run being started next to it.
+
+Two evals may finish into one suite at once (two configs on one schedule): choosing a new run's name
+and recording a run each happen under the suite's lock (`SUITE/.suite.lock`, an flock: released by
+the kernel when its holder dies, so a killed eval never leaves it held), and every temp file has a
+name of its own, so both records are kept.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
+import tempfile
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -69,14 +78,29 @@ class Suite:
             raise ConfigError(f"--suite: {root} is not a directory")
 
     def run_dir(self, cfg: EvalConfig, template: str | None = None) -> Path:
-        """Where this run goes: an unfinished run of the same settings (resumed), else a new name."""
-        unfinished = self._unfinished(cfg.result_hash())
-        if unfinished is not None:
-            return unfinished
-        name = run_name(template, cfg)
-        if (self.runs / name).exists():
-            raise ConfigError(f"--run-name: run {name!r} already exists in {self.runs}; choose another name")
-        return self.runs / name
+        """Where this run goes: an unfinished run of the same settings (resumed), else a new name, its
+        directory made here so a second eval starting in the same second cannot choose it too."""
+        with self._locked():
+            unfinished = self._unfinished(cfg.result_hash())
+            if unfinished is not None:
+                return unfinished
+            name = run_name(template, cfg)
+            self.runs.mkdir(parents=True, exist_ok=True)
+            try:
+                (self.runs / name).mkdir()
+            except FileExistsError:
+                raise ConfigError(
+                    f"--run-name: run {name!r} already exists in {self.runs}; choose another name"
+                ) from None
+            return self.runs / name
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """The suite's lock, held while the body runs (the history's read-modify-write, a new run's name)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".suite.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
 
     def _unfinished(self, config_hash: str) -> Path | None:
         if not self.runs.is_dir():
@@ -91,18 +115,29 @@ class Suite:
         """After a finished run: append its metrics to the history and point `latest` at it."""
         name = Path(run_dir).name
         rows = history_rows(name, document, datetime.now(timezone.utc))
-        table = pa.Table.from_pylist(rows, schema=HISTORY_SCHEMA)
-        if self.history_file.exists():
-            old = self.history()  # a resumed run recorded before is replaced, not listed twice
-            previous = old.filter(pc.not_equal(old["run"], name))
-            table = pa.concat_tables([previous.cast(HISTORY_SCHEMA), table])
-        temp = self.root / ".history.parquet.tmp"
-        pq.write_table(table, temp)
-        temp.replace(self.history_file)
-        link = self.root / ".latest.tmp"
-        link.unlink(missing_ok=True)
-        link.symlink_to(Path("runs") / name)
-        os.replace(link, self.latest_link)  # atomic: a reader sees the old or the new latest
+        with self._locked():
+            table = pa.Table.from_pylist(rows, schema=HISTORY_SCHEMA)
+            if self.history_file.exists():
+                old = self.history()  # a resumed run recorded before is replaced, not listed twice
+                previous = old.filter(pc.not_equal(old["run"], name))
+                table = pa.concat_tables([previous.cast(HISTORY_SCHEMA), table])
+            self._replace_history(table)
+            link = self.root / f".latest.{uuid.uuid4().hex}.tmp"
+            link.symlink_to(Path("runs") / name)
+            os.replace(link, self.latest_link)  # atomic: a reader sees the old or the new latest
+
+    def _replace_history(self, table: pa.Table) -> None:
+        # A temp file of its own (readers and `runner.io` skip dot-names), complete before it replaces.
+        fd, temp = tempfile.mkstemp(dir=self.root, prefix=".history.", suffix=".parquet.tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                pq.write_table(table, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, self.history_file)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
 
     def history(self) -> pa.Table:
         """Every recorded run x task x metric (InputError when the suite has none)."""

@@ -153,7 +153,7 @@ def test_a_suite_resumes_an_unfinished_run_of_the_same_settings(nights, tmp_path
     suite = Suite(tmp_path / "suite")
     first = suite.run_dir(cfg, "night-{config_hash}")
     assert first.name == f"night-{cfg.result_hash()}"
-    first.mkdir(parents=True)
+    assert first.is_dir() and not any(first.iterdir())  # made here: a second eval cannot choose it too
     (first / "_job.json").write_text(json.dumps({"config_hash": cfg.result_hash(), "status": "interrupted"}))
     assert suite.run_dir(cfg, "other") == first  # killed last night: resumed, not started anew
     (first / "_job.json").write_text(json.dumps({"config_hash": cfg.result_hash(), "status": "done"}))
