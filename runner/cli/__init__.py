@@ -22,7 +22,7 @@ from runner.cli import run as run_command
 from runner.cli import status as status_command
 from runner.cli import stop as stop_command
 from runner.cli import submit as submit_command
-from runner.errors import first_line, root_cause
+from runner.errors import ConfigError, first_line, root_cause
 from runner.signals import Interrupted
 
 COMMANDS = {
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc(file=logs.terminal())
             raise
         cause = root_cause(err) or err
-        message = first_line(cause, type(cause).__name__)
-        print(f"error: {message}", file=logs.terminal())
+        # A config's problems come all at once, one line each (runner.config.problems).
+        lines = str(cause).splitlines() if isinstance(cause, ConfigError) else []
+        for message in lines or [first_line(cause, type(cause).__name__)]:
+            print(f"error: {message}", file=logs.terminal())
         return getattr(cause, "exit_code", 1)
