@@ -307,6 +307,39 @@ def ray_actor_table() -> dict | None:
         return None
 
 
+def ray_working_dir_files(working_dir: str, excludes: list[str]) -> list:
+    """The files a job's `runtime_env={"working_dir": ..., "excludes": ...}` uploads, as `Path`s: walked
+    by Ray's own packer, so `.gitignore` / `.rayignore` in every directory and the excludes count exactly
+    as they do for the upload (and `RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1` as well).
+
+    Why private: `ray._private.runtime_env.packaging._dir_travel` and `_get_excludes` are what
+    `_zip_files` walks; no public API says what a working directory ships before it is uploaded.
+    Checked: ray 2.60.0."""
+    import os
+    from pathlib import Path
+
+    from ray._private.runtime_env import packaging
+
+    root = Path(working_dir).absolute()
+    files: list = []
+
+    def handler(path: Path) -> None:
+        if path.is_file():
+            files.append(path)
+
+    quiet = logging.getLogger("runner.compat.ray_packaging")  # Ray logs each ignore file it finds
+    quiet.setLevel(logging.WARNING)
+    include_gitignore = os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "0") != "1"
+    packaging._dir_travel(
+        root,
+        [packaging._get_excludes(root, excludes)],
+        handler,
+        include_gitignore=include_gitignore,
+        logger=quiet,
+    )
+    return files
+
+
 # --- xgrammar ------------------------------------------------------------------------------------------
 
 # xgrammar (0.2.8, 0.2.9) writes the characters of a JSON-schema string with minLength / maxLength as

@@ -8,6 +8,10 @@ driver; a finished or stopped one is followed by attempt n+1, which resumes from
 Two submits racing for the same attempt: Ray refuses the second id and that one attaches. The
 output directory's lease stays the last line of defence.
 
+What is shipped is printed first (file count, size, the largest files). `--env NAME` puts the value in
+the job's description (`runtime_env.env_vars`), which anyone with access to the cluster's job API can
+read; `--env-from-cluster` and `--secret-file` send only names and paths (`runner.secret_env`).
+
 Job metadata (`runner`, `runner_key`, `kind`, `config`, `output`) marks this project's jobs, so
 `runner list` and `runner status CONFIG` find them among everything else on the cluster.
 Ray's own `ray job submit` works as well; this adds the id scheme, the exit code and the checks.
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from runner import compat, secret_env
 from runner.config import JobConfig
 from runner.errors import RunnerError
 
@@ -65,10 +70,13 @@ def connect(address: str | None):
             f"--address: {address!r} is not a Ray dashboard address; give http://HEAD:8265 "
             "(the dashboard's job server, not the GCS port 6379 or ray://)"
         )
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     try:
         return JobSubmissionClient(address)
+    except AuthenticationError as err:
+        raise ClusterError(f"--address: the Ray dashboard at {address} {auth_hint(err)}") from None
     except (ConnectionError, OSError) as err:
         raise ClusterError(
             f"--address: cannot reach the Ray dashboard at {address} ({type(err).__name__}); is the head "
@@ -76,6 +84,27 @@ def connect(address: str | None):
         ) from None
     except RuntimeError as err:  # it answered: a refusal (token authentication), a version it cannot use
         raise ClusterError(f"--address: the Ray dashboard at {address} refused: {_reason(err)}") from None
+
+
+def auth_hint(err: Exception) -> str:
+    """Ray's token authentication refused us: what to set, in one line. The job SDK sends a token only
+    when RAY_AUTH_MODE=token is set on this side (ray 2.60: `is_token_auth_enabled`), and reads it from
+    RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH names, else ~/.ray/auth_token."""
+    where = "(print it on the head with `ray get-auth-token`)"
+    if str(err).startswith("Authentication failed"):
+        return (
+            "refused the authentication token sent (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token): "
+            f"it is not this cluster's {where}"
+        )
+    sent = "RAY_AUTH_MODE=token is set but no token was found" if _token_mode() else "no token was sent"
+    return (
+        f"requires Ray's token authentication and {sent}: export RAY_AUTH_MODE=token and "
+        f"RAY_AUTH_TOKEN=<the cluster's token> {where}, or RAY_AUTH_TOKEN_PATH=<a file holding it>"
+    )
+
+
+def _token_mode() -> bool:
+    return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
 
 
 def _env_address() -> str | None:
@@ -99,15 +128,21 @@ def plan(
     env: list[str] | None = None,
     pip: list[str] | None = None,
     stop_grace_s: int = STOP_GRACE_S,
+    env_from_cluster: list[str] | None = None,
+    secret_files: list[str] | None = None,
 ) -> Submission:
     """The submission for `runner KIND CONFIG ARGS...` run from `working_dir` on the cluster.
 
-    `args` are the command's own options (--set ..., --max-error-rate ...), passed on as they are."""
+    `args` are the command's own options (--set ..., --max-error-rate ...), passed on as they are.
+    `env` values are in the job's description; `env_from_cluster` and `secret_files` only name them
+    (`runner.secret_env`)."""
     check_output_path(cfg.output.path)
     relative = _inside(config, working_dir)
     command = ["python", "-m", "runner", kind, relative, "--set", "ray.address=auto", *args]
+    secrets = secret_env.runtime_env(env_from_cluster or [], secret_files or [])
     env_vars = {"RAY_JOB_STOP_WAIT_TIME_S": str(stop_grace_s), **_env_vars(env or [])}
-    runtime_env: dict = {"working_dir": str(Path(working_dir).resolve()), "excludes": EXCLUDES}
+    env_vars.update(secrets.pop("env_vars", {}))
+    runtime_env: dict = {"working_dir": str(Path(working_dir).resolve()), "excludes": EXCLUDES, **secrets}
     runtime_env["env_vars"] = env_vars
     if pip:
         runtime_env["pip"] = list(pip)
@@ -115,6 +150,39 @@ def plan(
     metadata = {"runner": PROJECT, "runner_key": key, "kind": kind, "config": relative}
     metadata["output"] = cfg.output.path
     return Submission(key, shlex.join(command), runtime_env, metadata)
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """What the working directory uploads: its files (as Ray's packer walks them) and their size."""
+
+    root: str
+    files: int
+    size: int
+    largest: list[tuple[str, int]]
+
+    def line(self) -> str:
+        """One line for the terminal, before the upload."""
+        big = ", ".join(f"{name} {_mib(size)}" for name, size in self.largest)
+        return (
+            f"shipping {self.root} to the cluster: {self.files} files, {_mib(self.size)} "
+            f"(.gitignore, .rayignore and {', '.join(EXCLUDES)} left out; largest: {big or 'none'})"
+        )
+
+
+def shipped(working_dir: str, top: int = 3) -> Shipped:
+    """What `working_dir` ships with the job, walked as Ray walks it (runner.compat)."""
+    root = Path(working_dir).resolve()
+    sizes = [
+        (p.relative_to(root).as_posix(), p.stat().st_size)
+        for p in compat.ray_working_dir_files(str(root), EXCLUDES)
+    ]
+    largest = sorted(sizes, key=lambda item: -item[1])[:top]
+    return Shipped(str(root), len(sizes), sum(size for _, size in sizes), largest)
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 def check_output_path(path: str) -> None:
@@ -215,6 +283,10 @@ def info(client, sid: str):
 
 
 def _reason(err: Exception) -> str:
+    from ray.exceptions import AuthenticationError
+
+    if isinstance(err, AuthenticationError):
+        return auth_hint(err)
     lines = [line for line in str(err).splitlines() if line.strip()]
     return lines[-1] if lines else type(err).__name__
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import traceback
 
-from runner import logs
+from runner import logs, secret_env
 from runner.cli import batch as batch_command
 from runner.cli import compare as compare_command
 from runner.cli import eval as eval_command
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(verbose=getattr(args, "verbose", False), debug=getattr(args, "debug", False))
     try:
+        secret_env.apply()  # a driver on a cluster: --secret-file / --env-from-cluster of its submission
         return COMMANDS[args.command].execute(args)
     except KeyboardInterrupt as err:  # a bare one is Ctrl-C outside a job's signal handling
         name = str(err) if isinstance(err, Interrupted) else "SIGINT"

@@ -23,7 +23,25 @@ def add_parser(sub) -> None:
         action="append",
         default=[],
         metavar="NAME[=VALUE]",
-        help="environment variable for the job (a bare NAME takes its value from here); repeatable",
+        help="environment variable for the job (a bare NAME takes its value from here); repeatable. The value "
+        "is stored in the job's description (runtime_env), readable by anyone with access to the cluster's "
+        "job API: pass secrets with --env-from-cluster or --secret-file",
+    )
+    p.add_argument(
+        "--env-from-cluster",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a variable already set where the cluster's Ray runs (exported before `ray start` on every node, "
+        "or from a Kubernetes Secret); only its name is sent, the driver checks it is set; repeatable",
+    )
+    p.add_argument(
+        "--secret-file",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="set NAME on the driver and every worker from the file PATH on storage every node reads; only "
+        "the name and path are sent; repeatable",
     )
     p.add_argument(
         "--pip",
@@ -42,8 +60,23 @@ def execute(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, options.overrides(args), kind=_kind_config(args.kind))
     sub = submit.plan(
-        args.config, cfg, _job_args(args), args.kind, args.working_dir, env=args.env, pip=args.pip
+        args.config,
+        cfg,
+        _job_args(args),
+        args.kind,
+        args.working_dir,
+        env=args.env,
+        pip=args.pip,
+        env_from_cluster=args.env_from_cluster,
+        secret_files=args.secret_file,
     )
+    for name in (item.partition("=")[0] for item in args.env):
+        print(
+            f"note: --env {name}: its value is in the job's description (runtime_env), readable through the "
+            "cluster's job API; for a secret use --env-from-cluster or --secret-file",
+            file=terminal(),
+        )
+    print(submit.shipped(args.working_dir).line(), file=terminal(), flush=True)
     client = submit.connect(args.address)
     sid, attached = submit.submit(client, sub)
     verb = "attached to the running job" if attached else "submitted"
