@@ -66,12 +66,14 @@ class JobDir:
         return self
 
     def acquire(self) -> JobDir:
-        """Take the lease (sealing the parts that count now into it), then remove parts that a
+        """Take the lease (sealing the parts that count now into it), then remove every temp file
+        (a superseded writer frozen before its link then has nothing to link) and the parts that a
         superseded holder linked after it lost the lease."""
         if self._lease is None:
             self.lease()
         self._lease.acquire(seal=self.catalogue.seal)
         try:
+            outputs.remove_temp_files(self.fs, self.root)
             swept = self.catalogue.sweep(self.fence)
         except BaseException:
             self._lease.release()
@@ -100,8 +102,9 @@ class JobDir:
         return self._lease.generation if self._lease is not None else None
 
     def prepare(self) -> None:
-        """Create it, check it is writable and remove temp files a crash left (ours only)."""
-        outputs.prepare_output_dir(self.path)
+        """Create it and check it is writable; while the lease is held, also remove temp files a
+        crash left (ours only; never without the lease: a running holder's commit is one of them)."""
+        outputs.prepare_output_dir(self.path, remove_temps=self.generation is not None)
 
     def check_previous(self, cfg: JobConfig, overwrite: bool) -> None:
         """Refuse to mix outputs of different settings in one directory, or to touch parts not ours.
@@ -164,6 +167,7 @@ class JobDir:
             flush_seconds=flush_seconds,
             fence=self.fence,
             generation=self.generation,
+            first_number=self._lease.next_part if self._lease is not None else 0,
         )
 
     def drop_retryable_errors(self) -> int:

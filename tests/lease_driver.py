@@ -16,6 +16,18 @@ the first time it reaches POINT, after printing `frozen POINT`:
 - commit: after its lease check, before a part is linked into place;
 - summary: after its lease check, before the final `_job.json` is renamed into place;
 - heartbeat: inside a heartbeat, after its check, before it writes.
+
+and at each point of one part commit (the `--freeze-commit K`th Parquet file written, from 0; with
+`--retry-errors` the first ones are the rewrites that drop the earlier runs' error rows):
+
+- write: before its temp file is written;
+- written: after the temp file is written, before the lease check;
+- checked: after the lease check, before the link (or, for a rewrite, the rename);
+- linked: after the link or rename, before the check that follows it;
+- post-check: after that check.
+
+`--fail ID,ID` makes those rows engine errors (`error_kind` engine), which `--retry-errors` generates
+again. The "done" summary counts the committed rows as `runner.job.Job`'s does.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ import threading
 import time
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from runner.errors import OutputError
 from runner.io.lease import Lease, LeaseLost
@@ -45,17 +58,41 @@ def freeze(point: str) -> None:
     os.kill(os.getpid(), signal.SIGSTOP)
 
 
-def install(point: str | None) -> None:
+_PART = re.compile(r"part-\d+\.parquet$")
+_PART_TEMP = re.compile(r"\.part-\d+\.parquet\.[0-9a-f]+\.tmp$")
+
+
+def install(point: str | None, at_commit: int = 1) -> None:
     """Stop at `point`: wrappers around the filesystem calls the commit and lease code make."""
     real_link, real_replace, real_open = os.link, os.replace, os.open
     summaries = []
+    commit = {"n": -1, "moved": False}  # the part commit under way: its index, whether it is in place
+
+    def at(name: str) -> bool:
+        return point == name and commit["n"] == at_commit
+
+    def write_table(table, where, *args, **kw):
+        if isinstance(where, str) and _PART_TEMP.search(where):
+            commit["n"], commit["moved"] = commit["n"] + 1, False
+            if at("write"):
+                freeze(point)
+        real_write_table(table, where, *args, **kw)
+        if isinstance(where, str) and _PART_TEMP.search(where) and at("written"):
+            freeze(point)
+
+    def move(real, src, dst, *args, **kw):
+        part = bool(_PART.match(os.path.basename(dst)))
+        if part and (point == "commit" or at("checked")):
+            freeze(point)
+        real(src, dst, *args, **kw)
+        if part:
+            commit["moved"] = True
+            if at("linked"):
+                freeze(point)
 
     def link(src, dst, *args, **kw):
-        name = os.path.basename(dst)
-        if point == "commit" and re.match(r"part-\d+\.parquet$", name):
-            freeze(point)
-        real_link(src, dst, *args, **kw)
-        if point == "create" and re.match(r"_lease(\.\d+)?\.json$", name):
+        move(real_link, src, dst, *args, **kw)
+        if point == "create" and re.match(r"_lease(\.\d+)?\.json$", os.path.basename(dst)):
             freeze(point)
 
     def replace(src, dst, *args, **kw):
@@ -63,7 +100,16 @@ def install(point: str | None) -> None:
             summaries.append(dst)
             if len(summaries) == 2:  # the first is the "running" summary, the second the final one
                 freeze(point)
-        return real_replace(src, dst, *args, **kw)
+        return move(real_replace, src, dst, *args, **kw)
+
+    real_write_table, real_fence = pq.write_table, JobDir.fence
+
+    def fence(self):
+        real_fence(self)
+        if commit["moved"] and at("post-check"):
+            freeze(point)
+
+    pq.write_table, JobDir.fence = write_table, fence
 
     def open_(path, flags, *args, **kw):  # a lease made by O_EXCL, then written (earlier versions)
         fd = real_open(path, flags, *args, **kw)
@@ -83,14 +129,16 @@ def install(point: str | None) -> None:
     setattr(Lease, beat, beating)
 
 
-def rows(ids: list[int]) -> pa.Table:
+def rows(ids: list[int], fail: frozenset = frozenset()) -> pa.Table:
     prompts = [f"prompt {i}" for i in ids]
+    failed = [i in fail for i in ids]
     return pa.table(
         {
             "id": [f"{i:08d}" for i in ids],
             "prompt": prompts,
-            "generation": [f"made from {p}" for p in prompts],
-            "error": pa.nulls(len(ids), pa.string()),
+            "generation": [None if f else f"made from {p}" for f, p in zip(failed, prompts, strict=True)],
+            "error": pa.array(["engine failed" if f else None for f in failed], pa.string()),
+            "error_kind": pa.array(["engine" if f else None for f in failed], pa.string()),
         }
     )
 
@@ -116,6 +164,8 @@ def drive(args) -> int:
     with out.lease(timeout_s=args.timeout, heartbeat_s=args.timeout / 6):
         out.prepare()
         out.write_summary({"status": "running", "pid": os.getpid()})
+        if args.retry_errors:
+            out.drop_retryable_errors()
         done = set(out.done_ids().to_pylist())
         todo = [i for i in range(args.rows) if f"{i:08d}" not in done]
         writer = out.writer(args.rows_per_file)
@@ -123,7 +173,7 @@ def drive(args) -> int:
             time.sleep(args.work)  # the "generation" of one row
             if args.freeze == "generating" and n == args.rows_per_file:
                 freeze("generating")
-            writer.write(rows([i]))
+            writer.write(rows([i], args.fail))
         writer.close()
         time.sleep(args.hold)
         attempted(args)
@@ -131,7 +181,13 @@ def drive(args) -> int:
         if hasattr(out, "mark_duplicate_ids"):
             out.mark_duplicate_ids()
             out.sweep()
-        out.write_summary({"status": "done", "pid": os.getpid(), "generated": len(todo)})
+        rows_, errors = out.counts()
+        counts = {
+            "output_rows": rows_,
+            "output_rows_error": errors,
+            "output_ids_distinct": out.distinct_ids(),
+        }
+        out.write_summary({"status": "done", "pid": os.getpid(), "generated": len(todo), **counts})
     return 0
 
 
@@ -148,8 +204,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=0)
     parser.add_argument("--wait-for", type=int, default=0)
     parser.add_argument("--interval", type=float, default=1.5)
+    parser.add_argument("--freeze-commit", type=int, default=1)
+    parser.add_argument("--retry-errors", action="store_true")
+    parser.add_argument(
+        "--fail", type=lambda text: frozenset(int(i) for i in text.split(",")), default=frozenset()
+    )
     args = parser.parse_args()
-    install(args.freeze)
+    install(args.freeze, args.freeze_commit)
     if args.rounds:
         return race_rounds(args)
     time.sleep(max(0.0, args.start_at - time.time()))  # all drivers of a race start together

@@ -238,3 +238,88 @@ def test_a_holder_frozen_inside_a_heartbeat_and_resumed_while_the_new_holder_run
         first.wait()
     assert_every_row_once(out)
     assert json.loads((out / "_job.json").read_text())["pid"] == second.pid
+
+
+COMMIT_POINTS = ["write", "written", "checked", "linked", "post-check"]
+
+
+def assert_counts_as_read(out: Path) -> None:
+    """`_job.json`'s counts are what a reader of the directory sees (pyarrow's discovery: every part)."""
+    table = pq.read_table(out)
+    ids = table.column("id").to_pylist()
+    summary = json.loads((out / "_job.json").read_text())
+    assert summary["status"] == "done"
+    seen = {
+        "output_rows": table.num_rows,
+        "output_rows_error": table.num_rows - table.column("error").null_count,
+        "output_ids_distinct": len(set(ids)),
+    }
+    assert {key: summary[key] for key in seen} == seen
+    assert sorted(ids) == [f"{i:08d}" for i in range(ROWS)], "every id exactly once"
+
+
+def takeover_while_frozen(out: Path, point: str, first_args: list[str], second_args: list[str]) -> None:
+    """A stops itself at `point` of one part commit; once its lease is stale B takes over and finishes;
+    then A resumes: it stops (exit 1) and changes nothing, whatever it had done before the freeze."""
+    first = start(out, "--freeze", point, "--timeout", str(TIMEOUT), *first_args)
+    try:
+        wait_frozen(first, point)
+        time.sleep(TIMEOUT + 0.3)
+        code, text = finish(start(out, "--timeout", str(TIMEOUT), *second_args))
+        assert code == 0, text
+        before = snapshot(out)
+        os.kill(first.pid, signal.SIGCONT)
+        code, text = finish(first)
+        assert code == 1 and text.strip().endswith("lost"), text
+        assert snapshot(out) == before, "the superseded driver removed, replaced or added nothing"
+    finally:
+        first.kill()
+        first.wait()
+    assert_counts_as_read(out)
+
+
+@pytest.mark.parametrize("point", COMMIT_POINTS)
+def test_a_driver_frozen_at_any_point_of_a_part_commit_loses_no_row_to_a_takeover(tmp_path, point):
+    """Frozen before its second part's temp write, after it, after the lease check, after the link
+    (the part is visible: the takeover seals it and skips its rows, so it must stay), after the check
+    that follows the link: every id once, and the summary counts what readers see."""
+    out = tmp_path / "out"
+    takeover_while_frozen(out, point, ["--work", "0.02"], [])
+    assert_every_row_once(out)
+
+
+@pytest.mark.parametrize("retry", [True, False], ids=["taker-retries", "taker-plain"])
+@pytest.mark.parametrize("point", COMMIT_POINTS)
+def test_a_driver_frozen_while_retry_errors_rewrites_a_part_loses_no_row(tmp_path, point, retry):
+    """`--retry-errors` rewrites parts without their engine-error rows, then generates those rows again.
+    Frozen at each point of its second rewrite while a driver (with or without `--retry-errors`)
+    takes over and finishes: every id once, and the counts are what readers see."""
+    out = tmp_path / "out"
+    code, text = finish(start(out, "--timeout", str(TIMEOUT), "--fail", "1,5,6,9"))
+    assert code == 0, text
+    takeover_while_frozen(
+        out, point, ["--retry-errors", "--freeze-commit", "1"], ["--retry-errors"] if retry else []
+    )
+    if retry:
+        assert_every_row_once(out)
+
+
+def test_a_driver_with_a_long_lease_is_not_evicted_by_a_taker_configured_with_a_short_one(tmp_path):
+    """A beats every 5 s (its 30 s timeout); B, started with a 0.5 s timeout while A's last beat is
+    older than that, judges A by A's own timeout: refused, and A finishes alone."""
+    out = tmp_path / "out"
+    first = start(out, "--timeout", "30", "--work", "0.05", "--hold", "8")
+    try:
+        deadline = time.monotonic() + 30
+        while not (out / "part-00000.parquet").exists():
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.01)
+        code, text = finish(start(out, "--timeout", "0.5"))
+        assert code == 2 and "is in use by another run" in text and "lease timeout 30s" in text, text
+        code, text = finish(first)
+        assert code == 0, text
+    finally:
+        first.kill()
+        first.wait()
+    assert_every_row_once(out)
+    assert json.loads((out / "_job.json").read_text())["pid"] == first.pid

@@ -258,3 +258,32 @@ def test_output_of_an_earlier_version_resumes_and_counts_whole(tmp_path):
     assert job_dir.counts() == (5, 0) and job_dir.catalogue.zombies() == []
     job_dir.release()
     assert JobDir(str(out)).distinct_ids() == 5
+
+
+def test_a_taker_judges_a_lease_by_its_holders_timeout_never_its_own(tmp_path):
+    """The lease records its holder's timeout and heartbeat interval: a holder beating every 10 s
+    with a 120 s timeout is live 9 s after its last beat, for a taker started with a 3 s timeout too;
+    past its own 120 s it is taken over, for a taker with a longer one too."""
+    out = tmp_path / "out"
+    holder = lease(out, timeout_s=120, heartbeat_s=10).acquire()
+    file = out / lease_name(1)
+    recorded = json.loads(file.read_text())
+    assert (recorded["timeout_s"], recorded["heartbeat_s"]) == (120, 10)
+    holder._stop.set()  # its beats are set by hand from here on
+    holder._thread.join()
+
+    def last_beat(seconds_ago: float) -> None:
+        then = time.time() - seconds_ago
+        file.write_text(json.dumps({**recorded, "heartbeat": then}))
+        os.utime(file, (then, then))
+
+    last_beat(9)
+    with pytest.raises(OutputError, match=r"last heartbeat 9s ago, lease timeout 120s"):
+        lease(out, timeout_s=3).acquire()
+    holder.check()  # still the holder
+    last_beat(121)
+    taker = lease(out, timeout_s=600).acquire()
+    assert taker.generation == 2
+    with pytest.raises(LeaseLost):
+        holder.check()
+    taker.release()

@@ -8,6 +8,7 @@ move is already atomic and durable once it returns.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable
@@ -16,6 +17,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from runner.errors import OutputError
+
+log = logging.getLogger(__name__)
 
 
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
@@ -38,48 +41,61 @@ def atomic_write(
     before the move, which the directory's lease makes safe (one writer).
 
     ``fence`` (the lease's check) runs after the slow part (writing and fsyncing the temp file), right
-    before the link or rename: if it raises, the temp file is removed and nothing is committed. On a
-    local disk it runs once more right after, and a commit that turns out to have landed after the
-    lease was lost (the writer froze between the check and the rename) is undone before the error
-    is raised: a new part is unlinked, a replaced file gets its previous content back (a hard link to
-    it is kept across the rename). Object stores have no links: there the window between the check
-    and the move stays open (one request long).
+    before the link or rename: if it raises, the temp file is removed and nothing is committed. A
+    writer that freezes between that check and the link cannot commit after a takeover either: the
+    new holder removes every temp file when it takes the lease (`runner.jobdir.JobDir.acquire`), so
+    the late link finds no file and the writer stops with `LeaseLost`. The fence runs once more right
+    after the link, so a writer learns at once that its lease moved on; it then raises and never
+    undoes the commit: once a file is visible under its final name only the current holder may remove
+    it (the new holder may already have counted it; whether it counts is `runner.io.catalogue`'s, by
+    the lease's seal and the part's generation). Object stores have no links: there the window between
+    the check and the move stays open (one request long).
     """
     temp = f"{root}/.{name}.{uuid.uuid4().hex[:12]}.tmp"
-    write(temp)
-    final = f"{root}/{name}"
     local = isinstance(fs, pafs.LocalFileSystem)
-    if local:
-        _fsync_file(temp)
-    if fence is not None:
-        try:
-            fence()
-        except BaseException:
-            fs.delete_file(temp)
-            raise
-    if not local:
-        if not replace and fs.get_file_info(final).type != pafs.FileType.NotFound:
-            fs.delete_file(temp)
-            return False
-        fs.move(temp, final)
-        return True
-    previous = _keep_previous(root, name) if replace and fence is not None else None
     try:
         try:
-            if not _move_local(temp, final, replace):
+            write(temp)
+            if local:
+                _fsync_file(temp)
+            if fence is not None:
+                fence()
+            if not _move(fs, temp, f"{root}/{name}", replace, local):
                 return False
         except FileNotFoundError:  # our temp file is gone: a new lease holder cleared it
             if fence is not None:
                 fence()
             raise
-        if fence is not None:
-            _fence_after(fence, final, previous)
     finally:
-        for leftover in (temp, previous):
-            if leftover is not None and os.path.exists(leftover):
-                os.unlink(leftover)
-    _fsync_dir(root)
+        _remove_own(fs, temp, local)
+    if local:
+        _fsync_dir(root)
+    if fence is not None:
+        fence()  # LeaseLost now leaves the file where it is: see above
     return True
+
+
+def _move(fs: pafs.FileSystem, temp: str, final: str, replace: bool, local: bool) -> bool:
+    if local:
+        return _move_local(temp, final, replace)
+    if not replace and fs.get_file_info(final).type != pafs.FileType.NotFound:
+        return False
+    fs.move(temp, final)
+    return True
+
+
+def _remove_own(fs: pafs.FileSystem, temp: str, local: bool) -> None:
+    """Remove this writer's temp name if it is still there (its name is unique to this writer; after
+    a hard link it is the file's second name)."""
+    try:
+        if local:
+            os.unlink(temp)
+        else:
+            fs.delete_file(temp)
+    except FileNotFoundError:
+        pass
+    except OSError as err:  # a leftover dot-name: readers skip it, the next holder removes it
+        log.warning("could not remove temp file %s: %s", temp, err)
 
 
 def _move_local(temp: str, final: str, replace: bool) -> bool:
@@ -90,39 +106,13 @@ def _move_local(temp: str, final: str, replace: bool) -> bool:
         os.link(temp, final)
     except FileExistsError:
         return False
-    except OSError:  # a filesystem without hard links: check, then rename (the lease keeps one writer)
+    except OSError as err:  # a filesystem without hard links: check, then rename (the lease keeps one writer)
+        if isinstance(err, FileNotFoundError):
+            raise
         if os.path.exists(final):
             return False
         os.rename(temp, final)
     return True
-
-
-def _keep_previous(root: str, name: str) -> str | None:
-    """A hard link to the file about to be replaced (under a temp name of ours), so a fenced-out
-    replace can be undone."""
-    previous = f"{root}/.{name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        os.link(f"{root}/{name}", previous)
-        return previous
-    except FileNotFoundError:
-        return None
-    except OSError:  # no hard links here: the replace cannot be undone
-        return None
-
-
-def _fence_after(fence: Callable, final: str, previous: str | None) -> None:
-    """Check the lease again; if it was lost, undo this commit, then raise."""
-    try:
-        fence()
-    except BaseException:
-        try:
-            if previous is not None:
-                os.replace(previous, final)
-            else:
-                os.unlink(final)
-        except FileNotFoundError:  # the new holder already removed it
-            pass
-        raise
 
 
 def _fsync_file(path: str) -> None:

@@ -43,9 +43,16 @@ class Holder:
     pid_ns: str = ""
     released: bool = False
     sealed: list = field(default_factory=list)  # committed parts when taken: runner.io.catalogue
+    next_part: int = 0  # the number its writer starts at (runner.io.catalogue.Catalogue.seal)
+    timeout_s: float = 0.0  # the holder's own lease timeout and heartbeat interval (0: not recorded)
+    heartbeat_s: float = 0.0
 
     def live(self, now: float, timeout_s: float) -> bool:
-        return not self.released and now - self.heartbeat <= timeout_s and not self.dead()
+        """Not released, beating within its timeout and not known dead. The timeout is the holder's
+        own: a taker started with a shorter one must not evict a holder that beats at its own, slower
+        pace; `timeout_s` (the taker's) counts only for a lease that does not record one."""
+        limit = self.timeout_s or timeout_s
+        return not self.released and now - self.heartbeat <= limit and not self.dead()
 
     def dead(self) -> bool:
         """Known dead: a process of this very pid namespace (same host, boot and namespace) that no
@@ -68,4 +75,7 @@ class Holder:
 
     def describe(self, now: float) -> str:
         start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started))
-        return f"host {self.host} pid {self.pid}, started {start}, last heartbeat {now - self.heartbeat:.0f}s ago"
+        beat = f"last heartbeat {now - self.heartbeat:.0f}s ago"
+        if self.timeout_s:
+            beat += f", lease timeout {self.timeout_s:g}s"
+        return f"host {self.host} pid {self.pid}, started {start}, {beat}"

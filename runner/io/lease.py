@@ -16,7 +16,9 @@ ever replaces or deletes a lease file another driver may hold: the holder touche
 writes to a superseded file, never over the new holder's.
 
 A live lease refuses a second driver with one line naming the holder. A lease is taken over when its
-heartbeat is older than `timeout_s` (a killed driver, a lost node), or at once when its holder is
+heartbeat is older than its holder's `timeout_s` (a killed driver, a lost node: each lease file records
+its holder's timeout and heartbeat interval, and a taker judges by those, never by its own setting,
+so a driver started with a short timeout cannot evict one that beats at a slower pace), or at once when its holder is
 provably dead: same host, same boot and same pid namespace as this process, and its pid gone (a
 holder in another container with host networking has the same host name but another pid namespace:
 only the heartbeat counts there). `check()` reads the current generation from storage; every commit
@@ -77,13 +79,14 @@ class Lease:
         self.token = uuid.uuid4().hex
         self.started = time.time()
         self.generation: int | None = None
+        self.next_part = 0  # the first part number this holder's writer may use (its seal's)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lost: str | None = None
         self._local = isinstance(fs, pafs.LocalFileSystem)
 
     # -- taking and giving back ------------------------------------------------------------------
-    def acquire(self, seal: Callable[[Holder | None], list] = lambda _previous: []) -> Lease:
+    def acquire(self, seal: Callable[[Holder | None], tuple[list, int]] = lambda _previous: ([], 0)) -> Lease:
         """Take the lease or raise `OutputError` (exit 2) naming the live holder."""
         if self.fs.get_file_info(self.root).type == pafs.FileType.File:
             raise OutputError(f"output.path: {self.root} is a file, not a directory")
@@ -96,21 +99,22 @@ class Lease:
         self._thread.start()
         return self
 
-    def _take(self, seal: Callable[[Holder | None], list]) -> None:
+    def _take(self, seal: Callable[[Holder | None], tuple[list, int]]) -> None:
         for _ in range(50):  # each retry means another driver moved the lease meanwhile
             self._refuse_legacy_holder()
             current = self.current()
             if current is not None and current.live(time.time(), self.timeout_s):
                 raise self._in_use(current)
             number = (current.generation if current is not None else 0) + 1
-            mine = self._holder(number, sealed=seal(current))
+            sealed, next_part = seal(current)
+            mine = self._holder(number, sealed, next_part)
             if not self._create(number, mine):
                 continue  # another driver took this generation first: look again
             newest = self.generations()[-1]
             if newest != number:  # a higher one appeared that our listing missed: not ours
                 self.fs.delete_file(f"{self.root}/{lease_name(number)}")  # ours, and superseded
                 raise self._in_use(self.read(newest))
-            self.generation = number
+            self.generation, self.next_part = number, next_part
             self._tidy(number)
             if current is not None and not current.released:
                 log.warning(
@@ -205,11 +209,23 @@ class Lease:
             "wait for it to finish, or remove its _lease.*.json files if that run is gone"
         )
 
-    def _holder(self, generation: int, sealed: list) -> Holder:
+    def _holder(self, generation: int, sealed: list, next_part: int = 0) -> Holder:
         boot, namespace = this_machine()
         host, now = socket.gethostname(), time.time()
         return Holder(
-            host, os.getpid(), self.started, now, self.token, generation, boot, namespace, False, sealed
+            host,
+            os.getpid(),
+            self.started,
+            now,
+            self.token,
+            generation,
+            boot,
+            namespace,
+            False,
+            sealed,
+            next_part,
+            self.timeout_s,
+            self.heartbeat_s,
         )
 
     def _mine(self) -> Holder:

@@ -56,8 +56,10 @@ def _names(fs: pafs.FileSystem, root: str) -> list[str]:
     return [info.base_name for info in infos if info.type == pafs.FileType.File]
 
 
-def prepare_output_dir(path: str) -> None:
-    """Create the output directory, check it is writable and remove temp files a crash left."""
+def prepare_output_dir(path: str, remove_temps: bool = True) -> None:
+    """Create the output directory, check it is writable and (`remove_temps`) remove temp files a
+    crash left. Only the directory's lease holder removes them: that removal is what stops a
+    superseded writer's late commit (`runner.io.durable.atomic_write`)."""
     fs, root = filesystem(path)
     if fs.get_file_info(root).type == pafs.FileType.File:
         raise OutputError(f"output.path: {path} is a file, not a directory")
@@ -67,9 +69,18 @@ def prepare_output_dir(path: str) -> None:
         fs.delete_file(f"{root}/.write-probe.tmp")
     except OSError as err:
         raise OutputError(f"output.path: {path} is not writable ({err})") from None
+    if remove_temps:
+        remove_temp_files(fs, root)
+
+
+def remove_temp_files(fs: pafs.FileSystem, root: str) -> None:
+    """Delete the runner's temp files in root (a crashed or superseded writer's)."""
     for name in _names(fs, root):
         if _TEMP_RE.match(name):  # only our own temp names: never delete a user's file
-            fs.delete_file(f"{root}/{name}")
+            try:
+                fs.delete_file(f"{root}/{name}")
+            except FileNotFoundError:  # its writer finished meanwhile
+                pass
 
 
 def has_parts(path: str) -> bool:
@@ -135,8 +146,8 @@ class PartWriter:
     A part is committed when ``rows_per_file`` rows are buffered, and also when the oldest buffered
     row has waited ``flush_seconds`` (checked on every write and by `flush_due`, which a job calls
     from a timer): a killed driver loses about that much work, not ``rows_per_file`` rows.
-    Part numbers continue after the highest existing part, so a resumed job appends; a commit never
-    replaces an existing part. Every part has the same schema: ``schema`` if given, else the first
+    Part numbers continue after the highest existing part (and from ``first_number``, the lease's,
+    when higher), so a resumed job appends; a commit never replaces an existing part. Every part has the same schema: ``schema`` if given, else the first
     table's (null-typed columns become strings, since an all-null first batch, e.g. ``error``, says
     nothing about later ones). ``generation`` (the lease's) is written into each part's metadata and
     ``fence`` (the lease's check) runs right before each part is linked into place: a part written
@@ -151,6 +162,7 @@ class PartWriter:
         flush_seconds: float | None = None,
         fence: Callable | None = None,
         generation: int | None = None,
+        first_number: int = 0,
     ):
         if rows_per_file < 1:
             raise OutputError(f"output.rows_per_file: must be at least 1 (got {rows_per_file})")
@@ -163,7 +175,7 @@ class PartWriter:
         self.schema = None if schema is None else self._tagged(schema)
         self.rows_written = 0
         self.files_written: list[str] = []
-        self._next = max(Catalogue(self.fs, self.root).numbers(), default=-1) + 1
+        self._next = max(max(Catalogue(self.fs, self.root).numbers(), default=-1) + 1, first_number)
         self._buffer: list[pa.Table] = []
         self._buffered = 0
         self._oldest: float | None = None  # monotonic time the oldest buffered row arrived
