@@ -305,10 +305,11 @@ def test_overwrite_replaces_only_the_runners_own_files(prompts, tmp_path):
         run(cfg)
     summary = run(cfg, overwrite=True)
 
-    runner_files = ["_job.json", "part-00000.parquet", "_lease.000002.json"]  # the lease stays, released
+    # The lease stays, released; part numbers are never reused (runner.io.catalogue.Catalogue.seal).
+    runner_files = ["_job.json", "part-00002.parquet", "_lease.000002.json"]
     assert sorted(p.name for p in out.iterdir()) == sorted([*user_files, *runner_files])
     assert all((out / name).read_text() == text for name, text in user_files.items())
-    rows = pq.read_table(out / "part-00000.parquet").to_pylist()
+    rows = pq.read_table(out / "part-00002.parquet").to_pylist()
     assert [r["id"] for r in rows] == [f"{i:08d}" for i in range(4)]
     assert summary["config"]["sampling"]["max_new_tokens"] == 6 and summary["output_rows"] == 4
 
