@@ -26,6 +26,7 @@ COMMAND = "python scripts/config_reference.py"
 
 def roots() -> list[tuple[str, type[BaseModel], str, str]]:
     """(title, model, key prefix, intro) of each config the reference documents, in page order."""
+    from jobs.openai_batch.config import BatchConfig
     from runner.config import JobConfig
     from runner.scoring.config import EvalConfig
 
@@ -44,6 +45,14 @@ def roots() -> list[tuple[str, type[BaseModel], str, str]]:
             "An eval config is a generation config plus how rows are scored: one task (`data` + "
             "`scoring`, named by `name`) or several (`tasks`). Only the keys an eval config adds or "
             "changes are listed here; see [evaluation.md](evaluation.md) for scorers and gates.",
+        ),
+        (
+            "OpenAI batch jobs (`runner batch`)",
+            BatchConfig,
+            "",
+            "A batch job is a generation job whose rows are the requests of an OpenAI batch file: the "
+            "`batch` section replaces `data`; `sampling` holds the values of the fields a request leaves "
+            "out. Only the keys a batch config adds or changes are listed here.",
         ),
     ]
 

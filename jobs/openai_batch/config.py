@@ -47,7 +47,7 @@ def default_job_dir(output_file: str) -> str:
 class BatchConfig(JobConfig):
     """A job over the requests of an OpenAI batch file."""
 
-    batch: BatchSection
+    batch: BatchSection = Field(..., description="the OpenAI batch request file in, the results files out")
     data: DataConfig | None = Field(
         None, description="not set: the requests of batch.input, read as an OpenAI batch file"
     )
