@@ -159,7 +159,7 @@ class RestartCounter:
         return {key: info for key, info in actors.items() if "Stage" in info["class"]}
 
 
-def results(table, cfg: JobConfig, pool: Pool, stage: type | None = None) -> Iterator[pa.Table]:
+def results(table, cfg: JobConfig, pool: Pool, stage: type) -> Iterator[pa.Table]:
     """`run_stage`'s output batches; a replica dead beyond its restarts becomes a `ReplicaFailed`."""
     from ray.exceptions import RayActorError
 
@@ -218,15 +218,11 @@ def cpu_threads(pool: Pool) -> int | None:
     return max(1, cores // pool.replicas)
 
 
-def run_stage(table, cfg: JobConfig, pool: Pool, stage: type | None = None) -> Iterator[pa.Table]:
-    """Stream output batches of `stage` (default: the generation stage, constructed with `cfg=` and
+def run_stage(table, cfg: JobConfig, pool: Pool, stage: type) -> Iterator[pa.Table]:
+    """Stream output batches of `stage` (a job kind's Ray Data UDF class, constructed with `cfg=` and
     `cpu_threads=` on each replica) run by the replica pool over `table` (a table, or a streamed
     input's `Pending` rows)."""
     import ray.data
-
-    from runner.stage import GenerationStage
-
-    stage = stage or GenerationStage
 
     rows, in_flight = cfg.batching.rows_per_task, cfg.batching.batches_in_flight
     # Several batches per replica, their UDF calls truly concurrent (as Ray Data LLM's

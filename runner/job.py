@@ -5,7 +5,7 @@ checked before Ray starts or a model loads; then rows already committed by an ea
 same job are skipped; then output streams into atomic part files as the replicas produce it; the
 summary records how the run ended, always.
 
-A job kind (`jobs/generate.py`, `jobs/eval.py`) supplies what differs: its config, how it reads its
+A job kind (`jobs/generate/job.py`, `jobs/eval/job.py`) supplies what differs: its config, how it reads its
 input rows (a table whose first column is a unique string `id`), and the Ray Data stage class that
 turns input batches into output batches. Everything else lives here once.
 
@@ -82,7 +82,7 @@ class Job:
     def __init__(
         self,
         cfg: JobConfig,
-        stage: type | None = None,
+        stage: type,
         read: Callable[[JobConfig], pa.Table | StreamedInput] | None = None,
         summary_extra: Callable[[JobDir], dict] | None = None,
         on_done: Callable[[dict], None] | None = None,

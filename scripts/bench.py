@@ -232,7 +232,7 @@ def run_ray_job(model_cfg, rows: list[dict], batching: dict, workdir: Path) -> R
     import pyarrow.parquet as pq
     import ray
 
-    from jobs.generate import run
+    from jobs.generate.job import run
     from runner.cluster import connect
     from runner.config import build_config
 

@@ -115,7 +115,7 @@ def measure(mode: str, source: str, out: str, limit: int) -> dict:
     elif mode == "job":
         import tempfile
 
-        from jobs.generate import run
+        from jobs.generate.job import run
         from runner.config import build_config
 
         cfg = build_config(

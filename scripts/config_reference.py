@@ -26,9 +26,9 @@ COMMAND = "python scripts/config_reference.py"
 
 def roots() -> list[tuple[str, type[BaseModel], str, str]]:
     """(title, model, key prefix, intro) of each config the reference documents, in page order."""
+    from jobs.eval.config import EvalConfig
     from jobs.openai_batch.config import BatchConfig
     from runner.config import JobConfig
-    from runner.scoring.config import EvalConfig
 
     return [
         (

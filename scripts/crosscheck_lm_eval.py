@@ -58,9 +58,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def greedy_answers(model: str, qa: Path) -> list[str]:
     """The model's greedy answers, from the runner's generate stage (targets for half the rows)."""
+    from jobs.generate.stage import GenerationStage
     from runner.config import JobConfig
     from runner.io.inputs import read_input
-    from runner.stage import GenerationStage
 
     cfg = JobConfig.model_validate(
         {
@@ -166,9 +166,9 @@ def rows_differ(samples: dict, out: Path) -> list[str]:
 
 
 def run_ours(model: str, mc: Path, qa: Path, out: Path) -> dict:
-    from jobs.eval import run
+    from jobs.eval.config import EvalConfig
+    from jobs.eval.job import run
     from runner.config import build_config
-    from runner.scoring.config import EvalConfig
 
     tree = {
         "model": {"path": model, "dtype": "float32"},

@@ -19,6 +19,7 @@ from runner.config import build_config
 from runner.planning import Hardware, plan
 from runner.planning.hardware import GB, GIB
 from runner.planning.planner import offload_slowdown
+from runner.planning.report import verdict_line
 
 CONFIGS = Path(__file__).resolve().parent.parent / "tests" / "data" / "model_configs"
 MODELS = ["llama-3.1-8b", "llama-3.1-70b", "mixtral-8x7b", "qwen2.5-32b", "gemma-2-27b"]
@@ -62,7 +63,7 @@ def main() -> None:
                 replicas = result.replicas if result.verdict == "fits" else "-"
                 weights = f"{result.weights / GIB:.1f} GiB"
                 print(f"| {model} | {label} | {name} | {weights} | {kv} | {replicas} | {verdict(result)} |")
-                lines.append(f"{model} {label} {name}: {result.line}")
+                lines.append(f"{model} {label} {name}: {verdict_line(result)}")
     if args.lines:
         print("\n" + "\n".join(lines))
 

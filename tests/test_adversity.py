@@ -191,8 +191,8 @@ def test_rows_sharing_an_id_in_one_batch_never_get_each_others_generation(tiny_m
     later one is an error row naming the id (earlier, IndexError: the whole batch failed)."""
     import pyarrow as pa
 
+    from jobs.generate.stage import GenerationStage
     from runner.config import build_config
-    from runner.stage import GenerationStage
 
     cfg = build_config(
         {

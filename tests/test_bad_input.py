@@ -12,13 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from jobs.generate.prompts import PromptBuilder
+from jobs.generate.row_options import RowOptions
+from jobs.generate.stage import GenerationStage
 from runner.config import PromptConfig, build_config
 from runner.engine import Request
 from runner.errors import ConfigError
 from runner.io.inputs import read_input, template_variables
-from runner.prompts import PromptBuilder
-from runner.row_options import RowOptions
-from runner.stage import GenerationStage
 
 
 def config(source, **data):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.generate import run
+from jobs.generate.job import run
 from runner.errors import ConfigError
 from tests.test_job_ray import job_config
 

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
+from jobs.eval.config import EvalConfig
 from runner.config import build_config, load_config
 from runner.errors import ConfigError
-from runner.scoring.config import EvalConfig
 
 BASE = ["model.path=demo:tiny-llama", "data.source=x.jsonl"]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from jobs.eval.config import EvalConfig
 from runner.config import JobConfig
-from runner.scoring.config import EvalConfig
 from scripts import config_reference
 
 REPO = Path(__file__).resolve().parents[1]

@@ -66,7 +66,7 @@ def test_auto_skips_a_strategy_whose_thread_dies(tiny_model, broken_loop, monkey
 
 
 def test_a_generation_thread_that_raises_gives_error_rows_within_seconds(tiny_model):
-    from runner.stage import GenerationStage
+    from jobs.generate.stage import GenerationStage
 
     cfg = build_config(
         {

@@ -12,12 +12,12 @@ from xml.etree import ElementTree
 import pyarrow.parquet as pq
 import pytest
 
+from jobs.eval.config import EvalConfig
+from jobs.eval.suite import Suite
+from jobs.generate.stage import GenerationStage
 from runner.cli import main
 from runner.config import JobConfig, build_config
 from runner.io.inputs import read_input
-from runner.scoring.config import EvalConfig
-from runner.stage import GenerationStage
-from runner.suite import Suite
 from tests.conftest import PROMPTS, write_jsonl
 
 QUESTIONS = [p[:40] for p in PROMPTS[:4]]

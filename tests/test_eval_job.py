@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from jobs.eval import run
+from jobs.eval.config import EvalConfig
+from jobs.eval.job import run
+from jobs.eval.metrics import METRICS_NAME
+from jobs.generate.stage import GenerationStage
 from runner.config import JobConfig, build_config
 from runner.io.inputs import read_input
-from runner.scoring.config import EvalConfig
-from runner.scoring.metrics import METRICS_NAME
-from runner.stage import GenerationStage
 from tests.conftest import PROMPTS, write_jsonl
 
 MODEL = {"path": "demo:tiny-llama", "dtype": "float32"}

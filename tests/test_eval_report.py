@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from runner import compare
+from jobs.eval import compare
+from jobs.eval.metrics import mean_stderr
+from jobs.eval.report import render
+from jobs.eval.suite import Suite
 from runner.cli import main
-from runner.report import render
-from runner.scoring.metrics import mean_stderr
-from runner.suite import Suite
 
 IDS = ["q0", "q1", "q2", "q3"]
 
@@ -141,10 +141,10 @@ def test_a_gated_eval_records_its_verdict_in_the_run(suite):
 
 
 def test_multiple_choice_targets_are_written_as_the_choice_text(tiny_model):
+    from jobs.eval.config import EvalConfig
+    from jobs.eval.stage import ChoiceTask
     from runner.config import build_config
     from runner.engine import Engine
-    from runner.scoring.config import EvalConfig
-    from runner.scoring.stage import ChoiceTask
 
     cfg = build_config(
         {

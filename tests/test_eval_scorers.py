@@ -6,13 +6,13 @@ import math
 
 import pytest
 
-from runner.compare import parse_gate
+from jobs.eval.compare import parse_gate
+from jobs.eval.config import EvalConfig, ScoringConfig
+from jobs.eval.metrics import mean_stderr
+from jobs.eval.multiple_choice import accuracy, argmax, encode_pair, gold_index
+from jobs.eval.scorers import last_number, resolve
 from runner.config import build_config
 from runner.errors import ConfigError
-from runner.scoring.config import EvalConfig, ScoringConfig
-from runner.scoring.metrics import mean_stderr
-from runner.scoring.multiple_choice import accuracy, argmax, encode_pair, gold_index
-from runner.scoring.scorers import last_number, resolve
 
 
 def score(generation: str, target, **options) -> float:
@@ -147,8 +147,8 @@ def test_multiple_choice_pieces_follow_lm_eval():
         gold_index("c", ["a", "b"], "label")
     assert argmax([1.0, 3.0, 3.0]) == 1  # ties: the first, as numpy
 
+    from jobs.eval.multiple_choice import Question
     from runner.engine.scoring import ScoreResult
-    from runner.scoring.multiple_choice import Question
 
     # log-likelihoods -4 and -6: raw prefers choice 0; per character (-4/2, -6/6) prefers choice 1.
     q = Question("r", "context", ["ab", "abcdef"], 1, [])
@@ -190,8 +190,8 @@ def test_a_gate_on_a_metric_no_task_reports_fails_before_the_eval_runs(tmp_path,
 
 
 def test_output_columns_are_the_reserved_names_then_one_per_metric():
-    from runner.scoring.config import RESERVED_COLUMNS
-    from runner.scoring.stage import output_schema
+    from jobs.eval.config import RESERVED_COLUMNS
+    from jobs.eval.stage import output_schema
 
     task = {"name": "a", "data": {"source": "x.jsonl"}, "scoring": {"scorer": "f1", "target_column": "t"}}
     mc = {

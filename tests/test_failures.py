@@ -16,14 +16,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.generate import run
+from jobs.generate.job import run
+from jobs.generate.stage import GenerationStage
 from runner.cli import main
 from runner.config import build_config
 from runner.errors import InputError, OutputError, ReplicaFailed
 from runner.io.inputs import read_input
 from runner.io.outputs import PartWriter, write_summary
 from runner.job import Job
-from runner.stage import GenerationStage
 from runner.summary import JobStats, build_summary
 from tests.conftest import PROMPTS, write_jsonl
 
@@ -67,10 +67,10 @@ def patch_stage(stage_class) -> None:
 
 
 class _PatchStageOnImport(importlib.abc.MetaPathFinder):
-    """Patches runner.stage when a worker imports it; Ray's other workers never pay for torch."""
+    """Patches jobs.generate.stage when a worker imports it; Ray's other workers never pay for torch."""
 
     def find_spec(self, name, path, target=None):
-        if name != "runner.stage":
+        if name != "jobs.generate.stage":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
@@ -149,7 +149,7 @@ def prompts(tmp_path):
 
 def uninterrupted(cfg) -> dict[str, dict]:
     """The oracle: the stage run in this process over every row at once, keyed by id."""
-    from runner.stage import GenerationStage
+    from jobs.generate.stage import GenerationStage
 
     return {r["id"]: r for r in GenerationStage(cfg)(read_input(cfg.data)).to_pylist()}
 
@@ -258,7 +258,7 @@ def test_a_streamed_input_with_duplicate_ids_gives_every_row_its_own_prompts_gen
     cfg = job_config(source, tmp_path / "out", data={"id_column": "key"}, batching={"strategy": "padded"})
     summary = run(cfg)
 
-    from runner.stage import GenerationStage
+    from jobs.generate.stage import GenerationStage
 
     alone = GenerationStage(cfg)(pa.table({"id": [f"u{i}" for i in range(24)], "prompt": prompts}))
     oracle = {r["prompt"]: r["generation"] for r in alone.to_pylist()}

@@ -15,14 +15,14 @@ import pyarrow as pa
 import pytest
 import torch
 
+from jobs.generate.prompts import PromptBuilder
+from jobs.generate.stage import GenerationStage
 from runner import compat
 from runner.config import BatchingConfig, ModelConfig, SamplingConfig, build_config
 from runner.engine import Engine, Request
 from runner.engine.sampling import gumbel_noise, row_key, step_key
 from runner.engine.types import RowSampling
 from runner.errors import ConfigError
-from runner.prompts import PromptBuilder
-from runner.stage import GenerationStage
 from tests.conftest import PROMPTS
 
 STRATEGIES = ["padded", "continuous"]

@@ -7,7 +7,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.generate import run
+from jobs.generate.job import run
 from runner.config import build_config
 
 

@@ -12,6 +12,7 @@ import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion
 
+from jobs.generate.stage import GenerationStage
 from jobs.openai_batch import responses
 from jobs.openai_batch.config import BatchConfig
 from jobs.openai_batch.params import CHAT, COMPLETIONS
@@ -20,7 +21,6 @@ from jobs.openai_batch.results import request_counts, write_results
 from jobs.openai_batch.stage import BatchStage
 from runner.config import build_config
 from runner.jobdir import JobDir
-from runner.stage import GenerationStage
 from tests.test_stage import reference
 
 MODEL = "demo:tiny-llama"

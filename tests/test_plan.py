@@ -20,6 +20,7 @@ from runner.errors import ConfigError
 from runner.planning import Hardware, plan
 from runner.planning.hardware import GIB, node_gpu_memory
 from runner.planning.kv import cache_cost
+from runner.planning.report import verdict_line
 from runner.planning.weights import Skeleton
 
 CONFIGS = Path(__file__).parent / "data" / "model_configs"
@@ -209,7 +210,7 @@ def test_public_configs_plan_their_known_sizes():
 def test_70b_on_24gb_gpus_does_not_fit_and_the_named_change_does():
     path = str(CONFIGS / "llama-3.1-70b")
     one = plan(job(path), Hardware.uniform(1, 1, 24 * GIB, 256 * GIB))
-    assert one.verdict == "offload" and one.line.startswith("fits only with CPU offload: ")
+    assert one.verdict == "offload" and verdict_line(one).startswith("fits only with CPU offload: ")
     four = Hardware.uniform(1, 4, 24 * GIB, 256 * GIB)
     bf16 = plan(job(path), four)
     assert (
@@ -218,7 +219,8 @@ def test_70b_on_24gb_gpus_does_not_fit_and_the_named_change_does():
     )
     quantized = job(path, model={"path": path, "quantization": {"mode": "4bit"}})
     result = plan(quantized, four)
-    assert result.line.startswith("does not fit: ") and "transformers refuses for bitsandbytes" in result.line
+    line = verdict_line(result)
+    assert line.startswith("does not fit: ") and "transformers refuses for bitsandbytes" in line
     assert result.change == "placement.gpus_per_replica: 3"
     fixed = job(
         path, model={"path": path, "quantization": {"mode": "4bit"}}, placement={"gpus_per_replica": 3}
@@ -331,7 +333,7 @@ def test_cluster_hardware_reads_gpus_and_memory_from_the_ray_nodes(fake_gpu_ray,
 
 
 def test_a_job_that_does_not_fit_fails_at_start_before_loading(fake_gpu_ray, tmp_path, monkeypatch):
-    from jobs.generate import run
+    from jobs.generate.job import run
     from runner.engine import loading
 
     def no_load(*args, **kwargs):  # a guard on the driver: the plan must not load the model
@@ -355,7 +357,7 @@ def test_a_job_that_does_not_fit_fails_at_start_before_loading(fake_gpu_ray, tmp
 
 
 def test_auto_placement_is_used_by_the_job(fake_gpu_ray, tmp_path, caplog, tiny_model):
-    from jobs.generate import run
+    from jobs.generate.job import run
 
     data = tmp_path / "in.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"hello {i}"}) + "\n" for i in range(4)))

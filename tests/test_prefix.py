@@ -479,7 +479,7 @@ def _config(source, out):
 
 
 def test_a_job_reports_the_prompt_tokens_it_reused_in_its_summary(ray_cpu, tmp_path):
-    from jobs.generate import run
+    from jobs.generate.job import run
 
     rows = [{"id": f"r{i}", "prompt": SYSTEM + q} for i, q in enumerate(QUESTIONS * 2)]
     cfg = _config(write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out")

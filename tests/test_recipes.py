@@ -198,10 +198,10 @@ def test_sbatch_on_sigterm_commits_requeues_and_the_requeued_run_resumes(slurm, 
 def check_runner_command(entrypoint: str) -> None:
     """The entrypoint is a `runner` command line that parses, for a config in configs/ that loads
     with its overrides (and, for eval, gates on metrics its tasks report)."""
-    from runner import compare
+    from jobs.eval import compare
+    from jobs.eval.config import EvalConfig
     from runner.cli import options
     from runner.config import load_config
-    from runner.scoring.config import EvalConfig
 
     words = shlex.split(entrypoint)
     assert words[0] == "runner", entrypoint

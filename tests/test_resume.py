@@ -47,7 +47,7 @@ def settings(source) -> dict:
 @pytest.fixture(scope="module")
 def oracle(settings) -> dict[str, dict]:
     """An uninterrupted run: the stage in this process over every row at once, keyed by id."""
-    from runner.stage import GenerationStage
+    from jobs.generate.stage import GenerationStage
 
     cfg = build_config(settings)
     return {r["id"]: r for r in GenerationStage(cfg)(read_input(cfg.data)).to_pylist()}

@@ -6,9 +6,9 @@ import pyarrow as pa
 import pytest
 import torch
 
+from jobs.generate.stage import GenerationStage
 from runner.config import build_config
 from runner.engine import Engine
-from runner.stage import GenerationStage
 from tests.conftest import PROMPTS
 
 
@@ -124,7 +124,7 @@ def test_n_samples_give_lists(engine, tiny_model):
 
 
 def test_cpu_threads_never_exceed_the_cores_of_the_process():
-    from runner.stage import set_cpu_threads
+    from jobs.generate.stage import set_cpu_threads
 
     before = torch.get_num_threads()
     try:

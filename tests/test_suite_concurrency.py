@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from jobs.eval.config import EvalConfig
+from jobs.eval.suite import Suite
 from runner.config import build_config
-from runner.scoring.config import EvalConfig
-from runner.suite import Suite
 
 RECORDS = 12
 

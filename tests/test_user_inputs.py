@@ -9,12 +9,12 @@ import json
 import pyarrow as pa
 import pytest
 
+from jobs.generate.prompts import RowError
+from jobs.generate.row_options import RowOptions
 from runner.config import DataConfig, build_config, load_config
 from runner.errors import ConfigError, InputError
 from runner.io import stream
 from runner.io.inputs import read_input
-from runner.prompts import RowError
-from runner.row_options import RowOptions
 
 OPTIONS = {
     "temperature_column": "temperature",

@@ -8,8 +8,8 @@ import time
 import pyarrow as pa
 import pytest
 
+from jobs.generate.stage import GenerationStage
 from runner.config import build_config
-from runner.stage import GenerationStage
 
 
 def stage_with_timeout(timeout_s: float) -> GenerationStage:

@@ -8,7 +8,7 @@ would refuse is refused here with the same field name. What that leaves to us: w
 naming it, never a silent drop (tools, audio, images, logit_bias, ...). vLLM's `run-batch` does the
 same per request: an unsupported or invalid request is one error line, the others run.
 
-A problem is a `RequestProblem`; `runner.prompts.RowError` carries it through the stage as one line,
+A problem is a `RequestProblem`; `jobs.generate.prompts.RowError` carries it through the stage as one line,
 `problem_of(text)` reads it back for the error file (status code, OpenAI's error `code` and `param`).
 """
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from jobs.openai_batch.params import CHAT, problem_of
 
-# The output columns a line is made from (runner.io.outputs, runner.extra_outputs; url/model/line are
+# The output columns a line is made from (runner.io.outputs, jobs.generate.extra_outputs; url/model/line are
 # the request file's, carried: jobs.openai_batch.requests).
 COLUMNS = (
     "id", "url", "model", "line", "generation", "finish_reason", "prompt_tokens", "generated_tokens",

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 
+from jobs.generate.prompts import RowError
+from jobs.generate.stage import GenerationStage, _Row
 from jobs.openai_batch.config import BatchConfig
 from jobs.openai_batch.params import CHAT, Params, RequestProblem, parse
 from runner.engine import Request
 from runner.engine.types import Constraint
 from runner.io.outputs import INPUT_ERROR
-from runner.prompts import RowError
-from runner.stage import GenerationStage, _Row
 
 
 class BatchStage(GenerationStage):

@@ -2,49 +2,58 @@
 
 Also `python -m runner`.
 
-One small module per command; heavy imports happen inside the command so `--help` is instant.
+One small module per command, each with `add_parser(sub)` and `execute(args)`; heavy imports happen
+inside `execute` so `--help` is instant. `COMMANDS` is the registry: command name -> dotted path of its
+module, imported by name (`command`). The library's own commands live here in `runner.cli`; a job
+kind's commands live in its package under `jobs/` (`jobs.generate.cli`: `run`; `jobs.eval.cli`:
+`eval`, `compare`, `report`; `jobs.openai_batch.cli`: `batch`), so `runner` names a job kind only in
+this table and never imports one.
+A command that runs a job kind also has `config_class()`, the kind's config model (`JOB_COMMANDS`:
+what `runner submit --kind` and `runner status --kind` offer).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import traceback
+from types import ModuleType
 
 from runner import logs, secret_env
-from runner.cli import batch as batch_command
-from runner.cli import compare as compare_command
-from runner.cli import eval as eval_command
-from runner.cli import job_logs as logs_command
-from runner.cli import list as list_command
-from runner.cli import plan as plan_command
-from runner.cli import report as report_command
-from runner.cli import run as run_command
-from runner.cli import status as status_command
-from runner.cli import stop as stop_command
-from runner.cli import submit as submit_command
 from runner.errors import ConfigError, first_line, root_cause
 from runner.signals import Interrupted
 
 COMMANDS = {
-    "run": run_command,
-    "eval": eval_command,
-    "plan": plan_command,
-    "compare": compare_command,
-    "report": report_command,
-    "submit": submit_command,
-    "status": status_command,
-    "logs": logs_command,
-    "stop": stop_command,
-    "list": list_command,
-    "batch": batch_command,
+    "run": "jobs.generate.cli",
+    "eval": "jobs.eval.cli.eval",
+    "batch": "jobs.openai_batch.cli",
+    "plan": "runner.cli.plan",
+    "compare": "jobs.eval.cli.compare",
+    "report": "jobs.eval.cli.report",
+    "submit": "runner.cli.submit",
+    "status": "runner.cli.status",
+    "logs": "runner.cli.job_logs",
+    "stop": "runner.cli.stop",
+    "list": "runner.cli.list",
 }
+JOB_COMMANDS = ("run", "eval", "batch")
+
+
+def command(name: str) -> ModuleType:
+    """The module of command `name` (one of `COMMANDS`)."""
+    return importlib.import_module(COMMANDS[name])
+
+
+def job_config_class(name: str) -> type:
+    """The config model of the job kind that command `name` (one of `JOB_COMMANDS`) runs."""
+    return command(name).config_class()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runner", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in COMMANDS.values():
-        module.add_parser(sub)  # each adds runner.cli.options.add_common: --verbose, --debug
+    for name in COMMANDS:
+        command(name).add_parser(sub)  # each adds runner.cli.options.add_common: --verbose, --debug
     return parser
 
 
@@ -53,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(verbose=getattr(args, "verbose", False), debug=getattr(args, "debug", False))
     try:
         secret_env.apply()  # a driver on a cluster: --secret-file / --env-from-cluster of its submission
-        return COMMANDS[args.command].execute(args)
+        return command(args.command).execute(args)
     except KeyboardInterrupt as err:  # a bare one is Ctrl-C outside a job's signal handling
         name = str(err) if isinstance(err, Interrupted) else "SIGINT"
         print(

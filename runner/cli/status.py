@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from runner.cli import options
+from runner.cli import JOB_COMMANDS, job_config_class, options
 
 
 def add_parser(sub) -> None:
@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
     p.add_argument("job", nargs="?", help="submission id, or the job's config (its latest attempt)")
     options.add_set(p, help="with a config: the same overrides it was submitted with")
     p.add_argument("--output", help="with a config: the --output it was submitted with")
-    p.add_argument("--kind", choices=["run", "eval"], default="run", help="with a config: its job kind")
+    p.add_argument("--kind", choices=JOB_COMMANDS, default="run", help="with a config: its job kind")
     options.add_address(p)
     options.add_common(p)
 
@@ -35,10 +35,9 @@ def execute(args: argparse.Namespace) -> int:
 
 def _attempts(client, args: argparse.Namespace) -> list:
     from runner import submit
-    from runner.cli.submit import _kind_config
     from runner.config import load_config
 
-    cfg = load_config(args.job, options.overrides(args), kind=_kind_config(args.kind))
+    cfg = load_config(args.job, options.overrides(args), kind=job_config_class(args.kind))
     key = submit.job_key(cfg)
     attempts = submit.attempts_of(client, key)
     if not attempts:

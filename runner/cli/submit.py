@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from runner.cli import options
+from runner.cli import JOB_COMMANDS, job_config_class, options
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("submit", help="submit a job to a Ray cluster (attaches when it is already running)")
     p.add_argument("config", help="job config (YAML), inside the working directory")
     options.add_address(p)
-    p.add_argument(
-        "--kind", choices=["run", "eval", "batch"], default="run", help="the job's command (default: run)"
-    )
+    p.add_argument("--kind", choices=JOB_COMMANDS, default="run", help="the job's command (default: run)")
     p.add_argument("--no-wait", action="store_true", help="print the submission id and return")
     p.add_argument(
         "--working-dir", default=".", metavar="DIR", help="shipped to the cluster (default: this directory)"
@@ -58,7 +56,7 @@ def execute(args: argparse.Namespace) -> int:
     from runner.config import load_config
     from runner.logs import terminal
 
-    cfg = load_config(args.config, options.overrides(args), kind=_kind_config(args.kind))
+    cfg = load_config(args.config, options.overrides(args), kind=job_config_class(args.kind))
     sub = submit.plan(
         args.config,
         cfg,
@@ -92,20 +90,6 @@ def execute(args: argparse.Namespace) -> int:
     details = submit.wait(client, sid)
     print(submit.describe(details), file=terminal())
     return submit.exit_code(details)
-
-
-def _kind_config(kind: str):
-    if kind == "batch":  # the request and results files: --set batch.input=URI --set batch.output_file=URI
-        from jobs.openai_batch.config import BatchConfig
-
-        return BatchConfig
-    if kind == "eval":
-        from runner.scoring.config import EvalConfig
-
-        return EvalConfig
-    from runner.config import JobConfig
-
-    return JobConfig
 
 
 def _job_args(args: argparse.Namespace) -> list[str]:

@@ -3,7 +3,8 @@
 Every model forbids unknown keys, so a typo fails with its dotted path instead of being ignored.
 `load_config` is the one entry point; `ConfigError` carries a one-line message naming the field. One
 module per section: model + placement (`model.py`), data (`data.py`), sampling + batching
-(`generation.py`), the whole job and its result hash (`job.py`), loading (`load.py`).
+(`generation.py`), the whole job and its result hash (`job.py`), loading (`load.py`); the prompt
+template's sandbox and checks (`template.py`).
 """
 
 from runner.config.base import parse_size

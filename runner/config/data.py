@@ -49,7 +49,7 @@ class PromptConfig(_Strict):
 class DataConfig(_Strict):
     """The input dataset."""
 
-    # The fields naming a per-row generation option's column (runner.row_options).
+    # The fields naming a per-row generation option's column (jobs.generate.row_options).
     OPTION_COLUMN_FIELDS: ClassVar[tuple[str, ...]] = (
         "seed_column",
         "temperature_column",

@@ -50,7 +50,7 @@ def split_run(
         return run_native(requests)
     native = [r for r in requests if not padded(r)]
     result: dict[str, list[Completion] | BaseException] = {}
-    threads = torch.get_num_threads()  # OpenMP keeps its thread count per thread (see runner.stage)
+    threads = torch.get_num_threads()  # OpenMP keeps its thread count per thread (see jobs.generate.stage)
 
     def work() -> None:
         torch.set_num_threads(threads)

@@ -21,11 +21,10 @@ import pyarrow.json
 import pyarrow.parquet as pq
 
 from runner.config import DataConfig
+from runner.config.template import template_variables
 from runner.errors import InputError, first_line
-from runner.extra_outputs import OPTIONAL_COLUMNS
-from runner.io.outputs import INPUT_ERROR, OUTPUT_COLUMNS
+from runner.io.outputs import INPUT_ERROR, OPTIONAL_COLUMNS, OUTPUT_COLUMNS
 from runner.io.rows import jsonl_rows
-from runner.prompts import template_variables
 
 EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")

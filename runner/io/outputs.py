@@ -41,6 +41,9 @@ OUTPUT_COLUMNS = (
     "error_kind",
     "replica",
 )
+# Columns that exist only when their option is on (what fills them: jobs.generate.extra_outputs); named
+# here so a reader can refuse an input column that would clash with one.
+OPTIONAL_COLUMNS = ("token_ids", "logprobs", "prompt_logprobs", "parsed")
 INPUT_ERROR = "_input_error"  # an input column a reader adds when a row could not be read as data
 ERROR_KINDS = ("row", "engine")  # error_kind: the row's own fault, or the infrastructure's (retryable)
 SUMMARY_NAME = "_job.json"

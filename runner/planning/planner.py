@@ -71,12 +71,6 @@ class Plan:
     def offloaded(self) -> int:
         return sum(v for k, v in self.weights_by_device.items() if k in ("cpu", "disk"))
 
-    @property
-    def line(self) -> str:
-        from runner.planning.report import verdict_line
-
-        return verdict_line(self)
-
 
 class Planner:
     """Plans one job config on one hardware; skeletons are built once per quantization setting."""

@@ -15,6 +15,7 @@ from runner.config import JobConfig
 from runner.errors import ConfigError, first_line
 from runner.planning import plan
 from runner.planning.hardware import MEMORY_LABEL, Hardware
+from runner.planning.report import verdict_line
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,10 @@ def start_check(cfg: JobConfig, hardware: Hardware) -> JobConfig:
     result = _plan(cfg, hardware, auto)
     if result is None:
         return cfg
-    log.info("plan: %s", result.line)
+    line = verdict_line(result)
+    log.info("plan: %s", line)
     if result.verdict == "no":
-        raise ConfigError(f"plan: {result.line} (see: runner plan CONFIG --cluster)")
+        raise ConfigError(f"plan: {line} (see: runner plan CONFIG --cluster)")
     update = {name: getattr(result, name) for name in auto}
     for name in auto:
         log.info("placement.%s: auto -> %s (%s)", name, update[name], result.reasons.get(name, ""))

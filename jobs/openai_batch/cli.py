@@ -46,9 +46,15 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in given.items() if value is not None]
 
 
-def execute(args: argparse.Namespace) -> int:
-    from jobs.openai_batch import run
+def config_class() -> type:
+    """The batch job's config model."""
     from jobs.openai_batch.config import BatchConfig
+
+    return BatchConfig
+
+
+def execute(args: argparse.Namespace) -> int:
+    from jobs.openai_batch.job import run
     from runner.config import load_config
     from runner.errors import ConfigError
     from runner.summary import one_line
@@ -56,7 +62,7 @@ def execute(args: argparse.Namespace) -> int:
     if args.config and args.config_option:
         raise ConfigError("config: give it once (positional or --config)")
     config = args.config or args.config_option
-    cfg = load_config(config, flag_overrides(args) + options.overrides(args), kind=BatchConfig)
+    cfg = load_config(config, flag_overrides(args) + options.overrides(args), kind=config_class())
     summary = run(
         cfg, overwrite=args.overwrite, max_error_rate=args.max_error_rate, retry_errors=args.retry_errors
     )

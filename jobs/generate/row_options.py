@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from jobs.generate.prompts import RowError
 from runner.config import JobConfig
 from runner.engine.types import Constraint, RowSampling
-from runner.prompts import RowError
 
 
 def is_unset(value: Any) -> bool:

@@ -11,10 +11,10 @@ import json
 
 import pyarrow as pa
 
+from jobs.eval.config import EvalConfig, TaskConfig
+from jobs.eval.scorers import resolve
 from runner.errors import InputError
 from runner.io.inputs import read_input
-from runner.scoring.config import EvalConfig, TaskConfig
-from runner.scoring.scorers import resolve
 
 INPUT_SCHEMA = pa.schema([("id", pa.string()), ("task", pa.string()), ("input", pa.string())])
 

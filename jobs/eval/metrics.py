@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs.eval.config import EvalConfig
 from runner.errors import InputError, first_line
 from runner.io import outputs
-from runner.scoring.config import EvalConfig
 
 METRICS_NAME = "_metrics.json"  # `_`: pyarrow / pandas skip it when reading the directory as Parquet
 

@@ -9,15 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import jinja2
-import jinja2.meta
-import jinja2.nodes
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from runner import chat
+from jobs.generate import chat
 from runner.config import PromptConfig
-from runner.errors import ConfigError, first_line
+from runner.config.template import ENV, check_template_safe, template_variables
+from runner.errors import first_line
 
 
 @dataclass(frozen=True)
@@ -25,11 +22,6 @@ class RowError:
     """Why a row produced no prompt (or no generation)."""
 
     reason: str
-
-
-# Templates come from configs and render on every replica: Jinja's immutable sandbox (as transformers
-# uses for chat templates) refuses attribute access into Python internals and mutation of values.
-_ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
 class PromptBuilder:
@@ -40,7 +32,7 @@ class PromptBuilder:
         self.tokenizer = tokenizer
         if cfg.template:
             check_template_safe(cfg.template)
-        self.template = _ENV.from_string(cfg.template) if cfg.template else None
+        self.template = ENV.from_string(cfg.template) if cfg.template else None
         self.variables = set(template_variables(cfg.template)) if cfg.template else set()
 
     def build(self, row: dict) -> str | RowError:
@@ -76,22 +68,6 @@ class PromptBuilder:
         return chat.render(messages, self.cfg, self.tokenizer)
 
 
-def check_template_safe(template: str) -> None:
-    """Refuse, before any row renders, a template that reaches for Python internals (`__x`/`_x`
-    attributes, e.g. `cycler.__init__.__globals__`): the sandbox would refuse it on every row."""
-    try:
-        tree = _ENV.parse(template)
-    except jinja2.TemplateSyntaxError as err:
-        raise ConfigError(f"data.prompt.template: invalid Jinja (line {err.lineno}: {err.message})") from None
-    for node in tree.find_all((jinja2.nodes.Getattr, jinja2.nodes.Getitem)):
-        name = node.attr if isinstance(node, jinja2.nodes.Getattr) else getattr(node.arg, "value", None)
-        if isinstance(name, str) and name.startswith("_"):
-            raise ConfigError(
-                f"data.prompt.template: access to {name!r} (line {node.lineno}) is not allowed: "
-                "templates render in a sandbox"
-            )
-
-
 def _check_text(text: Any, cfg: PromptConfig) -> str | RowError:
     where = f"column {cfg.column!r}" if cfg.column else "prompt"
     if text is None:
@@ -101,10 +77,3 @@ def _check_text(text: Any, cfg: PromptConfig) -> str | RowError:
     if not text.strip():
         return RowError(f"{where} is empty")
     return text
-
-
-def template_variables(template: str) -> list[str]:
-    """Row columns a Jinja template reads (Jinja's own globals such as ``range`` excluded)."""
-    check_template_safe(template)
-    names = jinja2.meta.find_undeclared_variables(_ENV.parse(template))
-    return sorted(names - set(_ENV.globals))

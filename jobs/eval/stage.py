@@ -1,8 +1,8 @@
 """The eval stage: rows of several tasks in, scored output rows out, on one replica's engine.
 
-Input rows come from `runner.scoring.tasks.read_tasks`: `id` (`task/id`), `task` and `input` (the
+Input rows come from `jobs.eval.tasks.read_tasks`: `id` (`task/id`), `task` and `input` (the
 row's columns as JSON, so that tasks with different columns share one Ray Data pass and one replica
-pool). Generation tasks run through `runner.stage.GenerationStage` on the shared engine and their
+pool). Generation tasks run through `jobs.generate.stage.GenerationStage` on the shared engine and their
 generations are scored; multiple-choice tasks go to `Engine.score`. A row that cannot be built or
 scored becomes an error row.
 """
@@ -16,13 +16,19 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from jobs.eval import multiple_choice as mc
+from jobs.eval.config import RESERVED_COLUMNS, EvalConfig, TaskConfig
+from jobs.eval.scorers import resolve
+from jobs.generate.prompts import PromptBuilder, RowError
+from jobs.generate.stage import (
+    GenerationStage,
+    replica_label,
+    result_schema,
+    set_cpu_threads,
+    with_prefix_count,
+)
 from runner.config import JobConfig
 from runner.io.outputs import INPUT_ERROR
-from runner.prompts import PromptBuilder, RowError
-from runner.scoring import multiple_choice as mc
-from runner.scoring.config import RESERVED_COLUMNS, EvalConfig, TaskConfig
-from runner.scoring.scorers import resolve
-from runner.stage import GenerationStage, replica_label, result_schema, set_cpu_threads, with_prefix_count
 from runner.watchdog import Stalled, Watchdog
 
 if TYPE_CHECKING:

@@ -11,10 +11,10 @@ from datetime import datetime
 from html import escape
 from pathlib import Path
 
-from runner.compare import Line, Run, compare, describe_model, fmt, model_change
+from jobs.eval.compare import Line, Run, compare, describe_model, fmt, model_change
+from jobs.eval.metrics import read_metrics
+from jobs.eval.suite import Suite
 from runner.errors import InputError
-from runner.scoring.metrics import read_metrics
-from runner.suite import Suite
 
 WIDTH, HEIGHT, PAD, BOTTOM = 560, 230, 40, 80
 LABEL_ROOM = 60  # right of the last run: its slanted label runs down to the right

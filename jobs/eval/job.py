@@ -3,18 +3,18 @@ plus `_metrics.json` with each task's metrics.
 
 The lifecycle (preflight, resume by id, part files, `_job.json`) is `runner.job.Job`, shared with
 `generate`; what is eval's own is its input (every task's rows in one table: one Ray Data pass, one
-replica pool, the model loaded once), its stage (`runner.scoring.stage.EvalStage`) and the metrics.
+replica pool, the model loaded once), its stage (`jobs.eval.stage.EvalStage`) and the metrics.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from jobs.eval.config import EvalConfig
+from jobs.eval.metrics import metrics_document, model_revision, write_metrics
+from jobs.eval.stage import EvalStage
+from jobs.eval.tasks import read_tasks
 from runner.job import Job, check_error_rate
-from runner.scoring.config import EvalConfig
-from runner.scoring.metrics import metrics_document, model_revision, write_metrics
-from runner.scoring.stage import EvalStage
-from runner.scoring.tasks import read_tasks
 
 
 def run(

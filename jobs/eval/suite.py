@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs.eval.config import EvalConfig
 from runner.errors import ConfigError, InputError
 from runner.io.outputs import read_summary
-from runner.scoring.config import EvalConfig
 
 DEFAULT_TEMPLATE = "{utc:%Y%m%dT%H%M%SZ}"
 HISTORY_SCHEMA = pa.schema(

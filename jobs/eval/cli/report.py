@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from runner.report import write_report
+    from jobs.eval.report import write_report
 
     write_report(args.suite, args.output)
     print(f"wrote {args.output}")

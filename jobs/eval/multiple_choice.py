@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from jobs.eval.config import ScoringConfig
 from runner.engine.scoring import ScoreRequest, ScoreResult
-from runner.scoring.config import ScoringConfig
 
 
 @dataclass

@@ -18,12 +18,19 @@ def add_parser(sub) -> None:
     options.add_job_options(p)
 
 
+def config_class() -> type:
+    """The generate job's config model."""
+    from runner.config import JobConfig
+
+    return JobConfig
+
+
 def execute(args: argparse.Namespace) -> int:
-    from jobs.generate import run
+    from jobs.generate.job import run
     from runner.config import load_config
     from runner.summary import one_line
 
-    cfg = load_config(args.config, options.overrides(args))
+    cfg = load_config(args.config, options.overrides(args), kind=config_class())
     summary = run(
         cfg, overwrite=args.overwrite, max_error_rate=args.max_error_rate, retry_errors=args.retry_errors
     )

@@ -3,7 +3,7 @@
 Each built-in compares the generation with the row's `target_column` (a list there means any of
 its values counts: the best score over them). `module:function` names a user's own scorer, called
 as `function(row, generation) -> float` with the whole input row. `multiple_choice` is not here: it
-scores log-likelihoods of the choices, no generation (`runner.scoring.multiple_choice`).
+scores log-likelihoods of the choices, no generation (`jobs.eval.multiple_choice`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from jobs.eval.config import ScoringConfig
 from runner.errors import ConfigError
-from runner.scoring.config import ScoringConfig
 
 Scorer = Callable[[dict, str], float]
 

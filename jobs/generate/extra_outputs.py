@@ -1,5 +1,6 @@
 """Output columns that exist only when their option is on: `token_ids`, `logprobs`, `prompt_logprobs`,
-`parsed`. A job that uses none of them writes exactly the columns it wrote before.
+`parsed` (their names: `runner.io.outputs.OPTIONAL_COLUMNS`). A job that uses none of them writes
+exactly the columns it wrote before.
 
 - `token_ids` (output.token_ids): the generated token ids (what `generation` decodes from).
 - `logprobs` (sampling.logprobs: K): per generated token {token_id, token, logprob, top: [{token_id,
@@ -21,8 +22,6 @@ from runner.config import JobConfig
 
 _TOP = pa.struct([("token_id", pa.int64()), ("token", pa.string()), ("logprob", pa.float64())])
 _TOKEN = pa.struct([*_TOP, ("top", pa.list_(_TOP))])
-
-OPTIONAL_COLUMNS = ("token_ids", "logprobs", "prompt_logprobs", "parsed")
 
 
 def _per_sample(kind: pa.DataType, n: int) -> pa.DataType:

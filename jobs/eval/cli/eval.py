@@ -22,19 +22,25 @@ def add_parser(sub) -> None:
     options.add_job_options(p, output_help="; not with --suite")
 
 
+def config_class() -> type:
+    """The eval job's config model."""
+    from jobs.eval.config import EvalConfig
+
+    return EvalConfig
+
+
 def execute(args: argparse.Namespace) -> int:
-    from jobs.eval import run
-    from runner import compare, suite
+    from jobs.eval import compare, suite
+    from jobs.eval.job import run
     from runner.config import load_config
     from runner.errors import ConfigError
-    from runner.scoring.config import EvalConfig
 
     if args.suite and args.output:
         raise ConfigError("--output: a suite run goes to SUITE/runs/NAME; pass --suite or --output, not both")
     gates = compare.parse_gates(args.max_drop, args.fail_below)
     if args.max_drop and not (args.baseline or args.suite):
         raise ConfigError("--max-drop: needs a baseline (--baseline RUN, or --suite DIR for its latest run)")
-    cfg = load_config(args.config, options.overrides(args), kind=EvalConfig)
+    cfg = load_config(args.config, options.overrides(args), kind=config_class())
     # A gate on a metric no task reports is a typo: say so now, not after the whole eval has run.
     compare.check_gates(gates, [(t.name, m) for t in cfg.task_list() for m in t.scoring.metrics])
     book = suite.Suite(args.suite) if args.suite else None

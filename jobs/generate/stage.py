@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from jobs.generate.extra_outputs import ExtraColumns
+from jobs.generate.prompts import PromptBuilder, RowError
+from jobs.generate.row_options import RowOptions
 from runner.config import JobConfig
 from runner.engine import Completion, Request
 from runner.engine.types import Progress
 from runner.errors import ConfigError, first_line
-from runner.extra_outputs import ExtraColumns
 from runner.io.catalogue import duplicate_id_error
 from runner.io.outputs import INPUT_ERROR, OUTPUT_COLUMNS
-from runner.prompts import PromptBuilder, RowError
-from runner.row_options import RowOptions
 from runner.summary import PREFIX_REUSED_KEY
 from runner.watchdog import Stalled, Watchdog
 

@@ -19,7 +19,7 @@ from runner.io.outputs import OUTPUT_COLUMNS
 MULTIPLE_CHOICE = "multiple_choice"
 GENERATION_SCORERS = ("exact_match", "regex", "contains", "choice_letter", "f1", "numeric")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-# The eval output's own columns (runner.scoring.stage.output_schema): generate's output columns, with
+# The eval output's own columns (jobs.eval.stage.output_schema): generate's output columns, with
 # the task after `id` and the target and the choices' log-likelihoods after `generation`, so a column
 # generate adds (error_kind) is an eval column too. Metric columns come after them.
 _GENERATED = OUTPUT_COLUMNS.index("generation") + 1

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from jobs.eval.metrics import METRICS_NAME, mean_stderr, read_metrics, read_rows, write_metrics
 from runner.errors import ConfigError, InputError, JobFailed
 from runner.io.outputs import read_summary
-from runner.scoring.metrics import METRICS_NAME, mean_stderr, read_metrics, read_rows, write_metrics
 
 MAX_FLIPS_SHOWN = 10
 

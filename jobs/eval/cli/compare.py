@@ -18,9 +18,9 @@ def add_parser(sub) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from runner import compare
+    from jobs.eval import compare
+    from jobs.eval.suite import Suite
     from runner.errors import ConfigError
-    from runner.suite import Suite
 
     gates = compare.parse_gates(args.max_drop, args.fail_below)
     if args.suite:

@@ -1,0 +1,1 @@
+"""The eval kind's commands, one module each: `runner eval`, `runner compare`, `runner report`."""
