@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import threading
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -24,10 +23,6 @@ from runner.config import JobConfig, PlacementConfig, RayConfig, RetryConfig
 from runner.errors import ConfigError, ReplicaFailed, RunnerError, first_line, root_cause
 
 log = logging.getLogger(__name__)
-
-# map_batches takes max_restarts / max_task_retries only as extra Ray remote args, which Ray Data
-# deprecates without a named replacement (yet); the warning would print on every job.
-warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", module="runner.cluster")
 
 
 @dataclass(frozen=True)
@@ -120,7 +115,8 @@ def plan_pool(placement: PlacementConfig, node_gpus: list[int]) -> Pool:
 
 
 def replica_remote_args(cfg: RetryConfig) -> dict:
-    """Ray actor options for the replicas: a dead replica is restarted and its batches rerun, boundedly.
+    """Ray actor options for the replicas (`max_restarts`, `max_task_retries`; set through
+    `compat.map_batches_on_actors`, Ray Data having no named parameter for them): a dead replica is restarted and its batches rerun, boundedly.
 
     Ray Data's own default is unbounded (-1) restarts, which turns a replica that always crashes (a
     poison batch, a model that cannot fit) into a job that never ends: restarts stay bounded here.
@@ -243,7 +239,8 @@ def run_stage(table, cfg: JobConfig, pool: Pool, stage: type) -> Iterator[pa.Tab
         ds = ray.data.from_blocks(_blocks(table, rows))
     else:  # a streamed input (`JobDir.pending`): read by Ray Data's read tasks on the workers
         ds = table.dataset(rows)
-    ds = ds.map_batches(
+    ds = compat.map_batches_on_actors(
+        ds,
         stage,
         fn_constructor_kwargs={"cfg": cfg, "cpu_threads": cpu_threads(pool)},
         batch_size=rows,

@@ -307,6 +307,21 @@ def ray_actor_table() -> dict | None:
         return None
 
 
+def map_batches_on_actors(ds, stage, *, max_restarts: int, max_task_retries: int, **named):
+    """`ds.map_batches(stage, **named)` on actors restarted at most `max_restarts` times, each batch
+    retried up to `max_task_retries` times (-1: unbounded).
+
+    Why internal: Ray 2.60 deprecates `map_batches(**ray_remote_args)` (removed in 2.64, a warning on
+    every call) and has no named parameter for an actor's `max_restarts` / `max_task_retries` yet; its
+    Ray Data default is unbounded restarts. `Dataset.map_batches_internal` (a DeveloperAPI) is what
+    `map_batches` calls after its checks (a positive batch size, given when asking for GPUs, which the
+    callers here always pass) and takes these as remote args without the warning.
+    Checked: ray 2.60.0."""
+    return ds.map_batches_internal(
+        stage, max_restarts=max_restarts, max_task_retries=max_task_retries, **named
+    )
+
+
 def ray_working_dir_files(working_dir: str, excludes: list[str]) -> list:
     """The files a job's `runtime_env={"working_dir": ..., "excludes": ...}` uploads, as `Path`s: walked
     by Ray's own packer, so `.gitignore` / `.rayignore` in every directory and the excludes count exactly
