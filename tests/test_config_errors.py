@@ -174,3 +174,27 @@ def test_a_config_written_for_the_working_directory_still_runs_with_a_warning(tm
     assert cfg.data.source == "data.jsonl"
     assert "data.source: data.jsonl is not next to the config" in caplog.text
     assert "write it as ../data.jsonl" in caplog.text
+
+
+def test_a_schema_file_and_batch_files_are_relative_to_the_config_inline_text_is_not(tmp_path, monkeypatch):
+    from jobs.openai_batch.config import BatchConfig
+
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "schema.json").write_text('{"type": "object", "properties": {"a": {"type": "string"}}}')
+    (job / "requests.jsonl").write_text("")
+    (job / "job.yaml").write_text(
+        "model: {path: demo:tiny-llama}\ndata: {source: x.jsonl}\nsampling: {json_schema: schema.json}\n"
+    )
+    (job / "inline.yaml").write_text(
+        "model: {path: demo:tiny-llama}\ndata: {source: x.jsonl}\n"
+        'sampling: {json_schema: \'{"type": "object"}\'}\n'
+    )
+    (job / "batch.yaml").write_text(
+        "model: {path: demo:tiny-llama}\nbatch: {input: requests.jsonl, output_file: out/results.jsonl}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert '"a"' in load_config("job/job.yaml").sampling.json_schema
+    assert load_config("job/inline.yaml").sampling.json_schema == '{"type": "object"}'
+    batch = load_config("job/batch.yaml", kind=BatchConfig).batch
+    assert (batch.input, batch.output_file) == ("job/requests.jsonl", "job/out/results.jsonl")

@@ -27,7 +27,11 @@ PATH_KEYS = (
     ("model.adapters.*", "input"),
     ("data.source", "input"),
     ("tasks.[].data.source", "input"),
+    ("sampling.json_schema", "input"),
     ("output.path", "output"),
+    ("batch.input", "input"),
+    ("batch.output_file", "output"),
+    ("batch.error_file", "output"),
 )
 _DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".pq")
 
@@ -57,6 +61,8 @@ def _visit(node, keys: list[str], dotted: str, kind: str, config_dir: Path) -> N
 def _resolved(value: str, kind: str, config_dir: Path, dotted: str) -> str:
     if not value or "://" in value or value.startswith(("/", "~", "demo:")) or os.path.isabs(value):
         return value
+    if "\n" in value or value.lstrip().startswith(("{", "[")):
+        return value  # inline text (a JSON schema), not a path
     beside = config_dir / value
     if _exists(beside):
         return _shown(beside)
@@ -81,7 +87,10 @@ def _resolved(value: str, kind: str, config_dir: Path, dotted: str) -> str:
 
 
 def _exists(path: Path) -> bool:
-    return path.exists() or (glob.has_magic(str(path)) and bool(glob.glob(str(path))))
+    try:
+        return path.exists() or (glob.has_magic(str(path)) and bool(glob.glob(str(path))))
+    except OSError:  # a name too long to be a path: it is none
+        return False
 
 
 def _shown(path: Path) -> str:
