@@ -116,6 +116,8 @@ def test_a_jsonl_whose_first_line_is_over_a_mebibyte_reads(tmp_path):
         ("empty.jsonl", b"", r"^data.source: .*empty.jsonl is empty: no rows to run$"),
         ("blank.jsonl", b"\n\n  \n", r"^data.source: .*blank.jsonl is empty: no rows to run$"),
         ("header.csv", b"prompt,x\n", r"^data.source: .*header.csv is empty: no rows to run$"),
+        ("zero.csv", b"", r"^data.source: .*zero.csv is empty: no rows to run$"),
+        ("bom-only.csv", b"\xef\xbb\xbf", r"^data.source: .*bom-only.csv is empty: no rows to run$"),
         (
             "binary.jsonl",
             bytes(range(256)) * 8,
@@ -140,9 +142,10 @@ def test_empty_and_unreadable_inputs_say_exactly_that(tmp_path, reader, name, co
         reader(DataConfig(source=str(path)))
 
 
-def test_an_empty_shard_among_others_is_no_error(tmp_path):
-    (tmp_path / "a.jsonl").write_text("")
-    (tmp_path / "b.jsonl").write_text('{"prompt": "p"}\n')
+@pytest.mark.parametrize("ext", ["jsonl", "csv"])
+def test_an_empty_shard_among_others_is_no_error(tmp_path, ext):
+    (tmp_path / f"a.{ext}").write_bytes(b"\xef\xbb\xbf\n" if ext == "csv" else b"")
+    (tmp_path / f"b.{ext}").write_text('{"prompt": "p"}\n' if ext == "jsonl" else "prompt\np\n")
     cfg = DataConfig(source=str(tmp_path))
     assert read_input(cfg).column("prompt").to_pylist() == ["p"]
     assert [r["prompt"] for r in streamed_rows(cfg)] == ["p"]

@@ -100,6 +100,9 @@ def _file_chunks(fs: pafs.FileSystem, path: str, fmt: str, row: int, limit: int 
     if fmt == "jsonl" or (fmt == "json" and not _is_json_array(fs, path)):
         return _jsonl_chunks(fs, path, row, limit)
     if fmt == "csv":
+        with fs.open_input_stream(path) as stream:
+            if inputs.is_blank(stream.read(1 << 10)) and not stream.read(1):
+                return []  # an empty file: no rows, as an empty JSON Lines file
         rows = sum(b.num_rows for b in _csv_reader(fs, path))
         return [Chunk(path, fmt, row, rows)]
     table = inputs._read_json(path)  # a top-level JSON array: one document, read whole

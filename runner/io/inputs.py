@@ -205,7 +205,10 @@ def _read_csv(path: str) -> pa.Table:
     # CSV is text: every column is read as a string, so ids like `007` or `NA` stay what they say
     # (inference would make them 7 and null). Per-row option columns parse their numeric text.
     with open(path, "rb") as handle:
-        check_text(handle.read(_TEXT_PROBE), path)
+        head = handle.read(_TEXT_PROBE)
+    check_text(head, path)
+    if is_blank(head) and len(head) < _TEXT_PROBE:
+        return pa.table({})  # as an empty JSON Lines file: no rows (an input of only these is refused)
     # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name (pyarrow
     # drops it too, so with it kept the first column would miss its read-as-text type).
     with open(path, encoding="utf-8-sig", newline="") as handle:
@@ -226,6 +229,11 @@ def read_json_lines(source: str | bytes, size: int) -> pa.Table:
             if "straddl" not in str(err) or block > size:
                 raise
         block = min(block * 4, size + 1, _MAX_BLOCK)
+
+
+def is_blank(head: bytes) -> bool:
+    """Nothing but a byte-order mark and whitespace: a text file with no rows, not even a header."""
+    return not head.removeprefix(b"\xef\xbb\xbf").strip()
 
 
 def check_text(head: bytes, path: str) -> None:
