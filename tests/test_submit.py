@@ -42,8 +42,11 @@ def dashboard_missing() -> str | None:
     return None if err is None else f"the Ray dashboard cannot start: {err} (install ray[default])"
 
 
-def start_cluster(workers: list[int], cpus: int = 2):
-    """A head with its dashboard and one worker node per entry of `workers` (its fake GPU count)."""
+def start_cluster(workers: list[int], cpus: int = 2, temp_dir: str | None = None):
+    """A head with its dashboard and one worker node per entry of `workers` (its fake GPU count).
+
+    `temp_dir`: the cluster's own Ray temp directory, holding its address as `ray start` leaves it,
+    where its jobs' `ray.address=auto` looks first (else they take any GCS running on this machine)."""
     from ray.cluster_utils import Cluster
 
     port = free_port()
@@ -53,14 +56,18 @@ def start_cluster(workers: list[int], cpus: int = 2):
         os.environ["PATH"] = venv + os.pathsep + os.environ["PATH"]
     head = {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": True}
     head |= {"dashboard_host": "127.0.0.1", "dashboard_port": port}
+    own = {"temp_dir": temp_dir} if temp_dir else {}
+    head |= own
     # Each node's dashboard agent on its own port: the fixed default (52365) would clash between the
     # nodes of one machine, and the job server needs the head's agent.
     cluster = Cluster(
         initialize_head=True, head_node_args=head | {"dashboard_agent_listen_port": free_port()}
     )
     for gpus in workers:
-        cluster.add_node(num_cpus=1, num_gpus=gpus, dashboard_agent_listen_port=free_port())
+        cluster.add_node(num_cpus=1, num_gpus=gpus, dashboard_agent_listen_port=free_port(), **own)
     cluster.wait_for_nodes()
+    if temp_dir:  # what `ray start --head` writes: a job's `auto` reads it before looking for any GCS
+        Path(temp_dir, "ray_current_cluster").write_text(cluster.address)
     address = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:  # the job server answers a little after the head is up

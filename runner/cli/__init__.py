@@ -1,4 +1,4 @@
-"""Command line: `runner run | eval | batch | plan | compare | report | submit | status | logs | stop | list`.
+"""Command line: `runner run | eval | batch | plan | compare | report | submit | status | logs | stop | list | serve`.
 
 Also `python -m runner`.
 
@@ -6,8 +6,8 @@ One small module per command, each with `add_parser(sub)` and `execute(args)`; h
 inside `execute` so `--help` is instant. `COMMANDS` is the registry: command name -> dotted path of its
 module, imported by name (`command`). The library's own commands live here in `runner.cli`; a job
 kind's commands live in its package under `jobs/` (`jobs.generate.cli`: `run`; `jobs.eval.cli`:
-`eval`, `compare`, `report`; `jobs.openai_batch.cli`: `batch`), so `runner` names a job kind only in
-this table and never imports one.
+`eval`, `compare`, `report`; `jobs.openai_batch.cli`: `batch`; `jobs.openai_batch.server.cli`: `serve`),
+so `runner` names a job kind only in this table and never imports one.
 A command that runs a job kind also has `config_class()`, the kind's config model (`JOB_COMMANDS`:
 what `runner submit --kind` and `runner status --kind` offer).
 """
@@ -35,6 +35,7 @@ COMMANDS = {
     "logs": "runner.cli.job_logs",
     "stop": "runner.cli.stop",
     "list": "runner.cli.list",
+    "serve": "jobs.openai_batch.server.cli",
 }
 JOB_COMMANDS = ("run", "eval", "batch")
 
