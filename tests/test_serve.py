@@ -360,3 +360,25 @@ def test_serve_command_refuses_to_start_without_keys_or_with_a_bad_config(tmp_pa
         == 2
     )
     assert "is served by both" in capsys.readouterr().err
+
+
+def test_two_replicas_over_one_storage_see_and_cancel_the_same_batches(server, tmp_path):
+    other = Server(tmp_path / "store")  # a second replica: same storage, its own process state
+    file = upload(server.client(ALICE), [request_line(0)])
+    batch = server.client(ALICE).batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert other.client(ALICE).batches.cancel(batch.id).status == "cancelling"
+    assert server.client(ALICE).batches.retrieve(batch.id).status == "cancelling"
+    assert other.client(ALICE).files.content(file.id).read() == jsonl([request_line(0)])
+
+
+def test_a_batch_past_its_window_expires(server):
+    alice = server.client(ALICE)
+    file = upload(alice, [request_line(0)])
+    batch = alice.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    server.advancer().step(server.batches.load(batch.id), (None, None), now=batch.expires_at)
+    expired = alice.batches.retrieve(batch.id)
+    assert expired.status == "expired" and expired.expired_at is not None and expired.output_file_id is None
