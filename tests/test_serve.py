@@ -382,3 +382,17 @@ def test_a_batch_past_its_window_expires(server):
     server.advancer().step(server.batches.load(batch.id), (None, None), now=batch.expires_at)
     expired = alice.batches.retrieve(batch.id)
     assert expired.status == "expired" and expired.expired_at is not None and expired.output_file_id is None
+
+
+def test_an_input_file_deleted_before_validation_fails_the_batch(server):
+    alice = server.client(ALICE)
+    file = upload(alice, [request_line(0)])
+    batch = alice.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    alice.files.delete(file.id)
+    advancer = server.advancer()
+    for _ in range(2):  # validate, fail
+        advancer.step(server.batches.load(batch.id), (None, None), now=batch.created_at)
+    failed = alice.batches.retrieve(batch.id)
+    assert failed.status == "failed" and failed.errors.data[0].code == "invalid_file"

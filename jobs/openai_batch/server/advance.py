@@ -69,19 +69,21 @@ class Advancer:
         from jobs.openai_batch.requests import validate_file
 
         req = state.request
-        total, model = scan(self.store, req["input"])
-        served = self.models.find(model) if model is not None else None
-        if served is None:
-            known = ", ".join(self.models.names())
+        if not self.store.exists(req["input"]):
+            total, model, served = 0, None, None
             errors = [
                 _error(
-                    "model_not_found",
-                    f"model {model!r} is not served here (served: {known})",
-                    "body.model",
-                    1,
+                    "invalid_file",
+                    f"the input file {req['input_file_id']} was deleted",
+                    "input_file_id",
+                    None,
                 )
             ]
         else:
+            total, model = scan(self.store, req["input"])
+            served = self.models.find(model) if model is not None else None
+            errors = self._model_errors(model) if served is None else []
+        if served is not None:
             errors = validate_file(
                 self.store.uri(req["input"]),
                 endpoint=req["endpoint"],
@@ -91,6 +93,24 @@ class Advancer:
         document = {"at": int(time.time()), "total": total, "errors": errors[:1000], "model": model}
         document |= {"config": served.config, "model_path": served.path} if served else {"config": None}
         self._event(state, "validated", document)
+
+    def _model_errors(self, model: str | None) -> list[dict]:
+        """A batch runs one config: its first request's model must be one this server serves."""
+        known = ", ".join(self.models.names())
+        if model is None:
+            return [
+                _error(
+                    "missing_required_parameter",
+                    f"the first request names no body.model (served: {known})",
+                    "body.model",
+                    1,
+                )
+            ]
+        return [
+            _error(
+                "model_not_found", f"model {model!r} is not served here (served: {known})", "body.model", 1
+            )
+        ]
 
     def submit(self, state: State, _sid: str | None) -> None:
         from jobs.openai_batch.command import batch_argv
