@@ -52,6 +52,12 @@ def connect(cfg: RayConfig) -> None:
     try:
         _init(ray, cfg)
         logs.announce()
+    except SystemExit as err:
+        # A SIGTERM while ray.init runs meets Ray's handler (sys.exit(15): a silent exit); the job's
+        # handler stops the job as at any other moment (summary, lease, exit 143, one line).
+        if err.code == signal.SIGTERM and callable(previous):
+            previous(signal.SIGTERM, None)
+        raise
     finally:
         if callable(previous):
             signal.signal(signal.SIGTERM, previous)
@@ -140,8 +146,10 @@ class RestartCounter:
     def __init__(self) -> None:
         self._before = set(self._replicas() or {})
 
-    def count(self) -> int | None:
-        replicas = self._replicas()
+    def count(self, timeout_s: float | None = None) -> int | None:
+        """Restarts so far; None when Ray cannot say within `timeout_s` (a dead GCS blocks a read
+        for Ray's reconnect timeout, a minute)."""
+        replicas = self._replicas() if timeout_s is None else _within(timeout_s, self._replicas)
         if replicas is None:
             return None
         return sum(info["restarts"] for key, info in replicas.items() if key not in self._before)
@@ -153,6 +161,16 @@ class RestartCounter:
             return None
         # Ray Data names its actor class after the UDF class (MapWorker(MapBatches(GenerationStage))).
         return {key: info for key, info in actors.items() if "Stage" in info["class"]}
+
+
+def _within(timeout_s: float, call):
+    """`call()`'s result, or None when it has not returned within `timeout_s` (it is left running in
+    a daemon thread: Ray's calls take no timeout of their own)."""
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(call()), name="ray-call", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return result[0] if result else None
 
 
 def results(table, cfg: JobConfig, pool: Pool, stage: type) -> Iterator[pa.Table]:

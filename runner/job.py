@@ -40,6 +40,8 @@ from runner.summary import JobStats, build_summary
 
 log = logging.getLogger(__name__)
 
+RAY_WAIT_S = 3.0  # the longest the summary waits on Ray (a restart count) before saying "unknown"
+
 
 def check_model_path(path: str) -> None:
     """A model path that is clearly local must exist; hub ids are left to transformers."""
@@ -93,6 +95,7 @@ class Job:
         self.read = read or (lambda c: open_input(c.data))
         self.summary_extra = summary_extra or (lambda _dir: {})
         self.dir = JobDir(cfg.output.path)
+        self._cleared = False  # `--overwrite` removed the previous job's files (this run)
 
     def preflight(self, overwrite: bool) -> pa.Table | StreamedInput:
         """Every check that needs no cluster: model path, input and its columns, output directory.
@@ -126,26 +129,11 @@ class Job:
             table = self.check_input()
             with self.dir.lease(self.cfg.output.lease_timeout_s):
                 self.check_output(overwrite)
-                cluster.connect(self.cfg.ray)
-                self.cfg = start_check(self.cfg, cluster.hardware())  # auto placement; "does not fit": exit 2
-                pool = cluster.plan_pool(self.cfg.placement, cluster.gpus_per_node())
-                if overwrite:  # only now, so a config that fails its checks destroys nothing
-                    removed = self.dir.clear()
-                    log.info("--overwrite: removed %d file(s) of the previous run", len(removed))
-                retried = self.dir.drop_retryable_errors() if retry_errors and not overwrite else 0
-                if retried:
-                    log.info(
-                        "--retry-errors: %d error row(s) of earlier runs will be generated again", retried
-                    )
-                todo, skipped = self.dir.pending(table)
-                log.info(
-                    "%d rows to do (%d already done), %d replica(s) x %d GPU",
-                    _rows(todo),
-                    skipped,
-                    pool.replicas,
-                    pool.gpus_per_replica,
-                )
-                stats = JobStats(rows_skipped=skipped, rows_retried=retried)
+                try:
+                    pool, todo, stats = self._start(table, overwrite, retry_errors, signals)
+                except Interrupted:  # while Ray starts, say: no summary of this run yet
+                    self._interrupted_before_start(overwrite, signals)
+                    raise
                 summary = self._stream(pool, todo, stats, signals)
                 if self.on_done is not None:  # still under the lease: a kind's own files (eval's metrics)
                     with signals.hold():
@@ -154,24 +142,62 @@ class Job:
         check_error_rate(summary, max_error_rate)
         return summary
 
+    def _start(self, table, overwrite: bool, retry_errors: bool, signals: StopSignals):
+        """Ray, the replica pool, `--overwrite` / `--retry-errors`, the rows still to do."""
+        self._cleared = False
+        cluster.connect(self.cfg.ray)
+        self.cfg = start_check(self.cfg, cluster.hardware())  # auto placement; "does not fit": exit 2
+        pool = cluster.plan_pool(self.cfg.placement, cluster.gpus_per_node())
+        with signals.hold():
+            if overwrite:  # only now, so a config that fails its checks destroys nothing
+                removed = self.dir.clear()
+                self._cleared = True
+                log.info("--overwrite: removed %d file(s) of the previous run", len(removed))
+            retried = self.dir.drop_retryable_errors() if retry_errors and not overwrite else 0
+        if retried:
+            log.info("--retry-errors: %d error row(s) of earlier runs will be generated again", retried)
+        todo, skipped = self.dir.pending(table)
+        log.info(
+            "%d rows to do (%d already done), %d replica(s) x %d GPU",
+            _rows(todo),
+            skipped,
+            pool.replicas,
+            pool.gpus_per_replica,
+        )
+        return pool, todo, JobStats(rows_skipped=skipped, rows_retried=retried)
+
+    def _interrupted_before_start(self, overwrite: bool, signals: StopSignals) -> None:
+        """A signal before the first row: the summary says `interrupted` (with this run's config), unless
+        `--overwrite` had not yet removed a previous job's files, whose summary then stays theirs."""
+        if overwrite and not self._cleared:
+            return
+        with signals.hold():
+            self.dir.write_summary(self._summary(None, JobStats(), "interrupted", None))
+
     def _stream(self, pool: cluster.Pool, todo, stats: JobStats, signals: StopSignals) -> dict:
         """Stream the stage's output into part files; the summary records how it ended, always."""
-        restarts = cluster.RestartCounter()
+        restarts: cluster.RestartCounter | None = None
 
         def finish(status: str) -> dict:
             with signals.hold():
                 if status != "running":
                     marked = min(self._settle(), stats.rows_ok)  # this run's rows, now error rows
                     stats.rows_ok, stats.rows_error = stats.rows_ok - marked, stats.rows_error + marked
-                summary = self._summary(pool, stats, status, restarts.count())
+                if status == "done" and signals.received is not None:
+                    status = "interrupted"  # the signal came during the final commit: it ends the run
+                # Bounded: a scheduler that signals the whole process group has killed Ray too.
+                count = restarts.count(RAY_WAIT_S) if restarts is not None else None
+                summary = self._summary(pool, stats, status, count)
                 self.dir.write_summary(summary)  # fenced: a run that lost its lease writes none
             return summary
 
-        finish("running")  # before the first part: a killed run still says which config wrote them
         out = self.cfg.output
         writer = self.dir.writer(out.rows_per_file, out.flush_seconds)
-        flusher = _Flusher(writer, out.flush_seconds)
+        flusher = None
         try:
+            restarts = cluster.RestartCounter()
+            finish("running")  # before the first part: a killed run still says which config wrote them
+            flusher = _Flusher(writer, out.flush_seconds)
             with Progress(_rows(todo)) as progress:
                 batches = cluster.results(todo, self.cfg, pool, self.stage) if _rows(todo) else []
                 for batch in batches:
@@ -179,17 +205,23 @@ class Job:
                         writer.write(batch)
                         stats.add(batch)
                     progress.update(batch.num_rows, stats)
-        except LeaseLost:
-            flusher.stop()
-            raise  # another driver owns the directory now: write nothing more, not even the summary
-        except BaseException as err:
             flusher.stop()
             self._commit_rest(writer, signals)
-            finish("interrupted" if isinstance(err, Interrupted) else "failed")
+            return finish("done")
+        except LeaseLost:
+            if flusher is not None:
+                flusher.stop()
+            raise  # another driver owns the directory now: write nothing more, not even the summary
+        except BaseException as err:
+            if flusher is not None:
+                flusher.stop()
+            self._commit_rest(writer, signals)
+            # After a signal, Ray's own error (its processes got the signal too) is the signal's.
+            stopped = isinstance(err, Interrupted) or signals.received is not None
+            finish("interrupted" if stopped else "failed")
+            if stopped and not isinstance(err, Interrupted):
+                raise Interrupted(signals.received) from err
             raise
-        flusher.stop()
-        self._commit_rest(writer, signals)
-        return finish("done")
 
     def _settle(self) -> int:
         """Before the final summary: repeated ids become error rows (a streamed input meets its
@@ -206,7 +238,7 @@ class Job:
         with signals.hold():
             writer.close()
 
-    def _summary(self, pool: cluster.Pool, stats: JobStats, status: str, restarts: int | None) -> dict:
+    def _summary(self, pool: cluster.Pool | None, stats: JobStats, status: str, restarts: int | None) -> dict:
         rows, errors = self.dir.counts()
         extra = {}
         if status != "running":  # a full read of the ids: once, at the end
@@ -215,8 +247,8 @@ class Job:
             self.cfg,
             stats,
             status=status,
-            replicas=pool.replicas,
-            gpus_per_replica=pool.gpus_per_replica,
+            replicas=pool.replicas if pool is not None else None,
+            gpus_per_replica=pool.gpus_per_replica if pool is not None else None,
             replica_restarts=restarts,
             output_rows=rows,
             output_rows_error=errors,

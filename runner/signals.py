@@ -3,13 +3,22 @@
 A signal raises `Interrupted` in the main thread at once, so a driver blocked waiting on Ray stops
 promptly; but never while output is being committed (`hold`), where an exception between writing a
 part and recording it could make the writer commit the same rows twice. There it is delivered as
-soon as the commit is done.
+soon as the commit is done. Only the first signal raises: the stop path (commit what is complete,
+write the summary, release the lease) runs to its end under a second Ctrl-C or a scheduler's repeated
+SIGTERM, so a job never ends with its summary still saying "running".
+
+Schedulers (`systemctl stop`, Slurm's `scancel`, Kubernetes, `kill -- -PGID`) signal the whole process
+group: the local Ray the driver started dies at the same moment, and any later call into it can block
+until Ray's own timeout (a minute). So the stop path bounds its Ray calls, and once the output is
+final the CLI exits within seconds (`exit_within`) even if Ray's shutdown hangs.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,12 +38,14 @@ class Interrupted(KeyboardInterrupt):
 
 
 class StopSignals:
-    """While entered, SIGINT and SIGTERM raise `Interrupted` (deferred inside `hold()`)."""
+    """While entered, SIGINT and SIGTERM raise `Interrupted` (deferred inside `hold()`); `received` is
+    the first signal, once one came. Later signals are logged and change nothing."""
 
     def __init__(self) -> None:
         self._previous: dict[int, object] = {}
-        self._holding = False
+        self._held = 0  # `hold` blocks entered and not left (they nest)
         self._pending: int | None = None
+        self.received: int | None = None
 
     def __enter__(self) -> StopSignals:
         # Handlers can only be set from the main thread; elsewhere the caller's handling stays.
@@ -48,19 +59,42 @@ class StopSignals:
 
     @contextmanager
     def hold(self) -> Iterator[None]:
-        """Defer a signal until the block ends (used around committing output)."""
-        self._holding = True
+        """Defer a signal until the outermost hold ends (used around committing output)."""
+        self._held += 1
         try:
             yield
         finally:
-            self._holding = False
-            if self._pending is not None:
+            self._held -= 1
+            if not self._held and self._pending is not None:
                 signum, self._pending = self._pending, None
                 raise Interrupted(signum)
 
     def _handle(self, signum: int, frame) -> None:
-        log.warning("received %s: stopping", signal.Signals(signum).name)
-        if self._holding:
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            log.warning("received %s again: already stopping (committing what is complete)", name)
+            return
+        log.warning("received %s: stopping", name)
+        self.received = signum
+        if self._held:
             self._pending = signum
             return
         raise Interrupted(signum)
+
+
+def exit_within(code: int, seconds: float) -> None:
+    """End the process with `code` after `seconds` unless it ended by then: for a stopped job whose
+    output, summary and lease are final, so that a hung shutdown of a dead Ray (the scheduler
+    signalled its processes too) cannot hold the exit or change its code."""
+
+    def force() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()

@@ -21,7 +21,11 @@ from types import ModuleType
 
 from runner import logs, secret_env
 from runner.errors import ConfigError, first_line, root_cause
-from runner.signals import Interrupted
+from runner.signals import Interrupted, exit_within
+
+# After a signal stopped a job (its output, summary and lease final), the most Ray's shutdown may take:
+# a scheduler that signalled the whole process group killed Ray too, and a dead Ray can hang a minute.
+EXIT_GRACE_S = 5.0
 
 COMMANDS = {
     "run": "jobs.generate.cli",
@@ -70,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             f"interrupted ({name}): output committed so far is kept; run the same command again to resume",
             file=logs.terminal(),
         )
-        return getattr(err, "exit_code", 130)
+        code = getattr(err, "exit_code", 130)
+        if argv is None:  # the process's own command line: the output is final, exit within seconds
+            exit_within(code, EXIT_GRACE_S)
+        return code
     except Exception as err:  # noqa: BLE001 - every failure becomes one line unless --debug
         if getattr(args, "debug", False):
             # To the terminal: descriptor 2 may be the log file now (runner.logs).
