@@ -30,7 +30,7 @@ MESSAGES = [
 ]
 
 
-def batch_config(tiny_model, tmp_path, sampling=None, adapters=None) -> BatchConfig:
+def batch_config(tiny_model, tmp_path, sampling=None, adapters=None, strategy="padded") -> BatchConfig:
     model = {"path": tiny_model, "dtype": "float32", **({"adapters": adapters} if adapters else {})}
     return build_config(
         {
@@ -41,31 +41,38 @@ def batch_config(tiny_model, tmp_path, sampling=None, adapters=None) -> BatchCon
                 "served_model_name": [MODEL],
             },
             "sampling": {"max_new_tokens": 6, **(sampling or {})},
-            "batching": {"strategy": "padded", "token_budget": 2048, "max_batch_size": 8},
+            "batching": {"strategy": strategy, "token_budget": 2048, "max_batch_size": 8},
         },
         kind=BatchConfig,
     )
 
 
-def generate_config(tiny_model, data, sampling=None):
+def generate_config(tiny_model, data, sampling=None, strategy="padded"):
     return build_config(
         {
             "model": {"path": tiny_model, "dtype": "float32"},
             "data": {"source": "unused.jsonl", "id_column": "key", **data},
             "sampling": {"max_new_tokens": 6, **(sampling or {})},
-            "batching": {"strategy": "padded", "token_budget": 2048, "max_batch_size": 8},
+            "batching": {"strategy": strategy, "token_budget": 2048, "max_batch_size": 8},
         }
     )
 
 
-def job_stage(tiny_model, data, sampling=None) -> GenerationStage:
+def job_stage(tiny_model, data, sampling=None, strategy="padded") -> GenerationStage:
     """A generate stage whose engine has these options as the job's (what a request's own must equal)."""
-    return GenerationStage(generate_config(tiny_model, data, sampling))
+    return GenerationStage(generate_config(tiny_model, data, sampling, strategy))
 
 
 @pytest.fixture(scope="module")
 def stage(tiny_model, tmp_path_factory):
     return BatchStage(batch_config(tiny_model, tmp_path_factory.mktemp("batch")))
+
+
+@pytest.fixture(scope="module")
+def continuous_stage(tiny_model, tmp_path_factory):
+    made = BatchStage(batch_config(tiny_model, tmp_path_factory.mktemp("batch"), strategy="continuous"))
+    yield made
+    made.engine.close()
 
 
 def request_rows(requests: list[dict]) -> pa.Table:
@@ -84,7 +91,7 @@ def request_rows(requests: list[dict]) -> pa.Table:
     return table.drop_columns(["custom_id"]).add_column(0, "id", ids)
 
 
-def request(custom_id: str, body: dict, url: str = CHAT) -> dict:
+def make(custom_id: str, body: dict, url: str = CHAT) -> dict:
     return {"custom_id": custom_id, "method": "POST", "url": url, "body": {"model": MODEL, **body}}
 
 
@@ -103,7 +110,7 @@ def checked_line(row: dict) -> dict:
 
 
 def test_greedy_chat_equals_chat_template_and_generate(stage, tiny_model):
-    out = stage(request_rows([request("c1", {"messages": MESSAGES, "max_tokens": 6})])).to_pylist()[0]
+    out = stage(request_rows([make("c1", {"messages": MESSAGES, "max_tokens": 6})])).to_pylist()[0]
     tokenizer = stage.engine.tokenizer
     ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True)
     ids = ids["input_ids"] if hasattr(ids, "keys") else ids
@@ -120,7 +127,7 @@ def test_greedy_chat_equals_chat_template_and_generate(stage, tiny_model):
 
 
 def test_completion_text_equals_generate_job(stage, tiny_model):
-    out = stage(request_rows([request("t1", {"prompt": "Once upon a time"}, COMPLETIONS)]))
+    out = stage(request_rows([make("t1", {"prompt": "Once upon a time"}, COMPLETIONS)]))
     gen = GenerationStage(generate_config(tiny_model, {"prompt": {"column": "p"}}), stage.engine)
     row = gen(pa.Table.from_pylist([{"id": "t1", "p": "Once upon a time"}])).to_pylist()[0]
     out = out.to_pylist()[0]
@@ -143,13 +150,15 @@ def test_completion_text_equals_generate_job(stage, tiny_model):
         ),
     ],
 )
-def test_request_options_equal_the_same_job_options(stage, tiny_model, body, sampling):
+@pytest.mark.parametrize("strategy", ["padded", "continuous"])
+def test_request_options_equal_the_same_job_options(request, tiny_model, body, sampling, strategy):
     """A request's own n / seed / stop / penalties give exactly what the job's do (same row id: the
-    sampling keys are the same)."""
-    out = stage(request_rows([request("r1", {"prompt": "Hello there", **body}, COMPLETIONS)])).to_pylist()[0]
-    row = job_stage(tiny_model, {"prompt": {"column": "p"}}, sampling)(
-        pa.Table.from_pylist([{"id": "r1", "p": "Hello there"}])
-    ).to_pylist()[0]
+    sampling keys are the same), in both batching strategies (penalty rows leave continuous' manager)."""
+    stage = request.getfixturevalue("stage" if strategy == "padded" else "continuous_stage")
+    out = stage(request_rows([make("r1", {"prompt": "Hello there", **body}, COMPLETIONS)])).to_pylist()[0]
+    job = job_stage(tiny_model, {"prompt": {"column": "p"}}, sampling, strategy)
+    row = job(pa.Table.from_pylist([{"id": "r1", "p": "Hello there"}])).to_pylist()[0]
+    job.engine.close()
     texts = row["generation"] if isinstance(row["generation"], list) else [row["generation"]]
     assert out["error"] is None and out["generation"] == texts
     line = checked_line(out)
@@ -159,9 +168,9 @@ def test_request_options_equal_the_same_job_options(stage, tiny_model, body, sam
 def test_logprobs_equal_the_job_option_and_fit_openai_shapes(stage, tiny_model):
     rows = request_rows(
         [
-            request("l1", {"messages": MESSAGES, "logprobs": True, "top_logprobs": 3}),
-            request("l2", {"prompt": "Hello", "logprobs": 2}, COMPLETIONS),
-            request("l3", {"prompt": "Hello"}, COMPLETIONS),
+            make("l1", {"messages": MESSAGES, "logprobs": True, "top_logprobs": 3}),
+            make("l2", {"prompt": "Hello", "logprobs": 2}, COMPLETIONS),
+            make("l3", {"prompt": "Hello"}, COMPLETIONS),
         ]
     )
     out = {r["id"]: r for r in stage(rows).to_pylist()}
@@ -179,9 +188,7 @@ def test_logprobs_equal_the_job_option_and_fit_openai_shapes(stage, tiny_model):
 def test_json_schema_response_format_equals_the_job_schema(stage, tiny_model):
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema, "strict": True}}
-    out = stage(
-        request_rows([request("j1", {"messages": MESSAGES, "response_format": fmt, "max_tokens": 12})])
-    )
+    out = stage(request_rows([make("j1", {"messages": MESSAGES, "response_format": fmt, "max_tokens": 12})]))
     out = out.to_pylist()[0]
     sampling = {"json_schema": json.dumps(schema), "max_new_tokens": 12}
     job = job_stage(tiny_model, {"prompt": {"messages_column": "m"}}, sampling)
@@ -192,11 +199,11 @@ def test_json_schema_response_format_equals_the_job_schema(stage, tiny_model):
 def test_request_errors_are_error_lines(stage):
     rows = request_rows(
         [
-            request("e1", {"messages": MESSAGES, "tools": []}),
-            {**request("e2", {"messages": MESSAGES}), "body": {"model": "gpt-4o", "messages": MESSAGES}},
-            request("e3", {"prompt": "x " * 5000, "max_tokens": 4}, COMPLETIONS),
-            request("ok", {"messages": MESSAGES}),
-            request("ok", {"messages": MESSAGES}),  # a repeated custom_id: as for any id column
+            make("e1", {"messages": MESSAGES, "tools": []}),
+            {**make("e2", {"messages": MESSAGES}), "body": {"model": "gpt-4o", "messages": MESSAGES}},
+            make("e3", {"prompt": "x " * 5000, "max_tokens": 4}, COMPLETIONS),
+            make("ok", {"messages": MESSAGES}),
+            make("ok", {"messages": MESSAGES}),  # a repeated custom_id: as for any id column
         ]
     )
     rows = pa.concat_tables([rows, request_rows(["not a request"])])  # type: ignore[list-item]
@@ -210,8 +217,8 @@ def test_request_errors_are_error_lines(stage):
 
 
 def test_results_files_from_committed_parts(stage, tmp_path):
-    requests = [request(f"q{i}", {"prompt": f"Hi {i}", "max_tokens": 3}, COMPLETIONS) for i in range(5)]
-    requests.insert(2, request("bad", {"messages": MESSAGES, "n": 0}))
+    requests = [make(f"q{i}", {"prompt": f"Hi {i}", "max_tokens": 3}, COMPLETIONS) for i in range(5)]
+    requests.insert(2, make("bad", {"messages": MESSAGES, "n": 0}))
     rows = stage(request_rows(requests))
     job_dir = JobDir(str(tmp_path / "parts"))
     job_dir.prepare()
@@ -229,3 +236,40 @@ def test_results_files_from_committed_parts(stage, tmp_path):
     assert sorted(json.loads(t)["custom_id"] for t in inline.read_text().splitlines()) == sorted(
         ["bad", "q0", "q1", "q2", "q3", "q4"]
     )
+
+
+def test_model_names_pick_adapters_as_the_adapter_column_does(tiny_model, tmp_path):
+    """`model` naming one of the job's adapters runs it (vLLM serves LoRAs by name), as a generate job's
+    adapter column does (itself checked against `generate` of the merged model)."""
+    from runner import compat
+    from tests.test_generation_features import make_adapter
+
+    if compat.adapter_switching_problem() is not None:
+        pytest.skip("these transformers / peft cannot switch adapters per batch")
+    adapters = {name: make_adapter(tiny_model, tmp_path / name, seed) for name, seed in (("a", 1), ("b", 2))}
+    stage = BatchStage(batch_config(tiny_model, tmp_path, adapters=adapters))
+    names = ["a", MODEL, "b", "a", tiny_model]
+    body = {"prompt": "The weather today", "max_tokens": 8}
+    requests = [{**make(f"m{i}", body, COMPLETIONS)} for i in range(len(names))]
+    for r, name in zip(requests, names, strict=True):
+        r["body"]["model"] = name
+    out = stage(request_rows(requests)).to_pylist()
+    cfg = build_config(
+        {
+            "model": {"path": tiny_model, "dtype": "float32", "adapters": adapters},
+            "data": {
+                "source": "unused.jsonl",
+                "id_column": "key",
+                "prompt": {"column": "p"},
+                "adapter_column": "ad",
+            },
+            "sampling": {"max_new_tokens": 8},
+            "batching": {"strategy": "padded", "token_budget": 2048, "max_batch_size": 8},
+        }
+    )
+    ads = [n if n in adapters else None for n in names]
+    rows = [{"id": f"m{i}", "p": body["prompt"], "ad": a} for i, a in enumerate(ads)]
+    want = GenerationStage(cfg, stage.engine)(pa.Table.from_pylist(rows)).to_pylist()
+    assert [r["generation"] for r in out] == [[w["generation"]] for w in want]
+    assert len({out[0]["generation"][0], out[1]["generation"][0], out[2]["generation"][0]}) == 3
+    assert [checked_line(r)["response"]["body"]["model"] for r in out] == names

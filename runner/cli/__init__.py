@@ -1,4 +1,4 @@
-"""Command line: `runner run | eval | batch | plan | compare | report | submit | status | logs | stop | list | serve`.
+"""Command line: `runner run | eval | batch | export | plan | compare | report | submit | status | logs | stop | list | serve`.
 
 Also `python -m runner`.
 
@@ -6,7 +6,7 @@ One small module per command, each with `add_parser(sub)` and `execute(args)`; h
 inside `execute` so `--help` is instant. `COMMANDS` is the registry: command name -> dotted path of its
 module, imported by name (`command`). The library's own commands live here in `runner.cli`; a job
 kind's commands live in its package under `jobs/` (`jobs.generate.cli`: `run`; `jobs.eval.cli`:
-`eval`, `compare`, `report`; `jobs.openai_batch.cli`: `batch`; `jobs.openai_batch.server.cli`: `serve`),
+`eval`, `compare`, `report`; `jobs.openai_batch.cli`: `batch`; `jobs.openai_batch.export`: `export`; `jobs.openai_batch.server.cli`: `serve`),
 so `runner` names a job kind only in this table and never imports one.
 A command that runs a job kind also has `config_class()`, the kind's config model (`JOB_COMMANDS`:
 what `runner submit --kind` and `runner status --kind` offer).
@@ -31,6 +31,7 @@ COMMANDS = {
     "run": "jobs.generate.cli",
     "eval": "jobs.eval.cli.eval",
     "batch": "jobs.openai_batch.cli",
+    "export": "jobs.openai_batch.export",
     "plan": "runner.cli.plan",
     "compare": "jobs.eval.cli.compare",
     "report": "jobs.eval.cli.report",
