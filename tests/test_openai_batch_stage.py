@@ -219,15 +219,17 @@ def test_request_errors_are_error_lines(stage):
 def test_results_files_from_committed_parts(stage, tmp_path):
     requests = [make(f"q{i}", {"prompt": f"Hi {i}", "max_tokens": 3}, COMPLETIONS) for i in range(5)]
     requests.insert(2, make("bad", {"messages": MESSAGES, "n": 0}))
+    requests.append(make("q1", {"messages": MESSAGES}))  # a repeated custom_id: not run, no line of its own
     rows = stage(request_rows(requests))
     job_dir = JobDir(str(tmp_path / "parts"))
     job_dir.prepare()
     with job_dir.writer(rows_per_file=2) as writer:  # parts committed in an order other than the file's
-        writer.write(rows.take([5, 4, 3]))
+        writer.write(rows.take([6, 5, 4, 3]))
         writer.write(rows.take([2, 1, 0]))
     out, err = tmp_path / "out.jsonl", tmp_path / "err.jsonl"
     counts = write_results(job_dir.path, str(out), str(err), order="input")
     assert counts == {"total": 6, "completed": 5, "failed": 1} == request_counts(job_dir.path)
+    assert rows.column("error")[6].as_py().startswith("duplicate id 'q1'")  # in the parts, as for any id
     lines = [json.loads(t) for t in out.read_text().splitlines()]
     assert [line["custom_id"] for line in lines] == ["q0", "q1", "q2", "q3", "q4"]
     assert [json.loads(t)["custom_id"] for t in err.read_text().splitlines()] == ["bad"]

@@ -27,10 +27,9 @@ def run(
         return source
 
     def extra(job_dir) -> dict:
-        rows, failed = job_dir.counts()
-        total = max(planned.get("total", 0), rows)
-        counts = {"total": total, "completed": rows - failed, "failed": failed}
-        return {"kind": "openai_batch", results.TOTAL_KEY: total, "request_counts": counts}
+        counts = results.request_counts(job_dir.path)
+        counts["total"] = max(planned.get("total", 0), counts["completed"] + counts["failed"])
+        return {"kind": "openai_batch", results.TOTAL_KEY: counts["total"], "request_counts": counts}
 
     def write(_summary: dict) -> None:  # under the output's lease: no other driver writes meanwhile
         b = cfg.batch

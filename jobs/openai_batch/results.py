@@ -1,9 +1,9 @@
 """The batch's results, assembled from the committed Parquet parts (the resumable source of truth):
 the OpenAI output file, the error file, and the batch's `request_counts`.
 
-Assembled at the end of a run (and again on demand: `write_results`), never appended while
-generating: a run killed and resumed has each request in its parts once, so each `custom_id` gets
-one line. `order="input"` writes lines in request-file order (vLLM run-batch), which holds the
+Assembled at the end of a run (and again on demand: `write_results`, `runner export`), never
+appended while generating: a run killed and resumed has each request in its parts once, so each
+`custom_id` gets one line (a later line repeating a custom_id gets none: `is_repeat`). `order="input"` writes lines in request-file order (vLLM run-batch), which holds the
 result rows in memory to sort them; `order="any"` streams part by part (OpenAI's files are
 unordered: match lines by custom_id).
 """
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.openai_batch import responses
-from runner.io.catalogue import Catalogue
+from runner.io.catalogue import Catalogue, duplicate_id_error
 from runner.io.durable import filesystem
 from runner.io.outputs import read_summary
 
@@ -27,17 +27,26 @@ TOTAL_KEY = "requests_in_file"  # _job.json: the request file's line count, for 
 
 
 def request_counts(output_dir: str) -> dict:
-    """{"total", "completed", "failed"} (OpenAI's `request_counts`) from the committed parts and the
-    request count the job recorded in `_job.json`; before the job has recorded it, total is the rows done."""
+    """{"total", "completed", "failed"} (OpenAI's `request_counts`): completed and failed count the
+    committed requests by custom_id (a repeat is not a request of its own), total the requests of the
+    file as the job recorded it in `_job.json` (before it has: the requests committed)."""
     fs, root = filesystem(output_dir)
-    rows, failed = Catalogue(fs, root).counts()
+    completed = failed = 0
+    for table, _created in Catalogue(fs, root).tables(["id", "error"]):
+        errors = table.filter(pc.is_valid(table.column("error")))
+        completed += table.num_rows - errors.num_rows
+        failed += sum(1 for row in errors.to_pylist() if not is_repeat(row))
     summary = read_summary(output_dir) or {}
-    total = summary.get(TOTAL_KEY)
-    return {
-        "total": max(int(total), rows) if total is not None else rows,
-        "completed": rows - failed,
-        "failed": failed,
-    }
+    total = max(int(summary.get(TOTAL_KEY) or 0), completed + failed)
+    return {"total": total, "completed": completed, "failed": failed}
+
+
+def is_repeat(row: dict) -> bool:
+    """A row whose custom_id an earlier line of the file has: the stage does not run it (ids are the
+    job's unit of exactly-once), and the results hold the earlier line's result only. Whether such a
+    row exists depends on when a job was resumed (a rerun skips ids already committed), so the
+    results never show it: one line per custom_id, whatever the kills."""
+    return row.get("error") is not None and row["error"] == duplicate_id_error(row["id"])
 
 
 def write_results(output_dir: str, output_uri: str, error_uri: str | None, order: str = "input") -> dict:
@@ -49,6 +58,8 @@ def write_results(output_dir: str, output_uri: str, error_uri: str | None, order
     catalogue = Catalogue(fs, root)
     with _Writer(output_uri) as out, _Writer(error_uri) as errors:
         for row, created in _rows(catalogue, order):
+            if is_repeat(row):
+                continue
             target = errors if error_uri is not None and responses.is_error(row) else out
             target.write(responses.line(row, int(created)))
     return request_counts(output_dir)
