@@ -118,6 +118,7 @@ def valid(line: dict, url_of: dict) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # two jobs and a `runner run`, each starting its own Ray
 def test_killed_batch_resumes_to_one_line_per_request(setup, tiny_model):
     root, config, settings, ids = setup
     proc = start(config)

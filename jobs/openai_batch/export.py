@@ -25,7 +25,7 @@ def execute(args: argparse.Namespace) -> int:
 
     summary = read_summary(args.directory)
     if summary is None or summary.get("kind") != "openai_batch":
-        kind = "no _job.json" if summary is None else f"a {summary.get('kind', 'generate')} job"
+        kind = "no _job.json" if summary is None else f"kind {summary.get('kind', 'generate')}"
         raise ConfigError(f"directory: {args.directory} is not a batch job's directory ({kind})")
     batch = summary["config"]["batch"]
     output = args.output_file or batch["output_file"]
