@@ -209,5 +209,6 @@ def test_killed_batch_resumes_to_one_line_per_request(setup, tiny_model):
     )
     assert ran.returncode == 0, ran.stderr
     expected = {r["id"]: r["generation"] for r in pq.read_table(root / "run").to_pylist()}
-    got = {line["custom_id"]: line["response"]["body"]["choices"][0]["message"]["content"] for line in out}
+    chat = [line for line in out if line["response"]["body"]["object"] == "chat.completion"]
+    got = {line["custom_id"]: line["response"]["body"]["choices"][0]["message"]["content"] for line in chat}
     assert len(greedy) >= 4 and {k: got[k] for k in expected} == expected
