@@ -396,3 +396,25 @@ def test_an_input_file_deleted_before_validation_fails_the_batch(server):
         advancer.step(server.batches.load(batch.id), (None, None), now=batch.created_at)
     failed = alice.batches.retrieve(batch.id)
     assert failed.status == "failed" and failed.errors.data[0].code == "invalid_file"
+
+
+def test_without_a_cluster_batches_still_validate_and_cancel(server, tmp_path):
+    """The cluster does not answer: a pass still fails the batch that does not validate and ends the
+    cancelled one that has no job; nothing is submitted."""
+    from jobs.openai_batch.server.runs import Runs
+
+    alice = server.client(ALICE)
+    unknown = upload(alice, [request_line(0, model="gpt-4o")])
+    bad = alice.batches.create(
+        input_file_id=unknown.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    good = upload(alice, [request_line(0)])
+    cancelled = alice.batches.create(
+        input_file_id=good.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    alice.batches.cancel(cancelled.id)
+    advancer = Advancer(server.batches, server.models, Runs("http://127.0.0.1:1"), max_requests=100)
+    advancer.pass_once()
+    advancer.pass_once()
+    assert alice.batches.retrieve(bad.id).status == "failed"
+    assert alice.batches.retrieve(cancelled.id).status == "cancelled"

@@ -190,6 +190,9 @@ def test_batches_run_cancel_and_survive_a_restart_through_the_openai_client(serv
     assert served.keys() == expected.keys() == {r["custom_id"] for r in requests}
     for custom_id, line in served.items():
         assert answer(line) == answer(expected[custom_id]), custom_id
+    usages = [line["response"]["body"]["usage"] for line in served.values()]
+    assert done.usage.output_tokens == sum(u["completion_tokens"] for u in usages)
+    assert done.usage.total_tokens == sum(u["total_tokens"] for u in usages)
 
     # 3. a batch created just before the server is killed completes after its restart, once
     third = alice.batches.create(

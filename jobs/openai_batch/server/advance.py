@@ -38,15 +38,21 @@ class Advancer:
 
     def pass_once(self, now: int | None = None) -> None:
         now = int(time.time()) if now is None else now
-        statuses = self.runs.statuses()
+        try:
+            statuses = self.runs.statuses()
+        except RunnerError as err:  # the cluster is down: batches without a job still validate, fail, cancel
+            log.warning("the cluster does not answer: %s (batches with a job wait for it)", first_line(err))
+            statuses = None
         for batch_id in self.store.children("batches"):
             if batch_id in self._ended:
                 continue
             state = self.batches.load(batch_id)
-            if state is None:
+            if state is None or (statuses is None and "in_progress" in state.events):
                 continue
             try:
-                self.step(state, statuses.get(job_key(batch_id), (None, None)), now)
+                self.step(state, (statuses or {}).get(job_key(batch_id), (None, None)), now)
+            except RunnerError as err:
+                log.warning("batch %s: %s (retried at the next pass)", batch_id, first_line(err))
             except Exception:  # noqa: BLE001 - one batch's trouble must not stop the others
                 log.exception("batch %s: step failed (retried at the next pass)", batch_id)
             if state.ended:
@@ -158,6 +164,7 @@ class Advancer:
         counts, output_id, error_id = self._collect(state, status)
         total = state.events.get("validated", {}).get("total", 0)
         document = {"status": status, "at": int(time.time()), "errors": errors}
+        document["usage"] = counts.pop("usage", None)
         document["request_counts"] = {"total": total, **counts}
         document |= {"output_file_id": output_id, "error_file_id": error_id}
         self._event(state, "end", document)
@@ -183,6 +190,7 @@ class Advancer:
                 order=self.order,
             )
         counts = {"completed": counts["completed"], "failed": counts["failed"]}
+        counts["usage"] = token_usage(uri(job_dir(req["id"])))
         ids = []
         for role, name, count in (
             ("output", "output.jsonl", counts["completed"]),
@@ -213,6 +221,28 @@ def scan(store, rel: str) -> tuple[int, str | None]:
         total += 1
         model = model or _model_of(pending)
     return total, model
+
+
+def token_usage(job: str) -> dict:
+    """The batch's `usage` (OpenAI's BatchUsage) summed over the job's committed rows."""
+    import pyarrow.compute as pc
+
+    from runner.io.catalogue import Catalogue
+    from runner.io.durable import filesystem
+
+    sums = {"prompt_tokens": 0, "generated_tokens": 0}
+    for table, _ in Catalogue(*filesystem(job)).tables(list(sums)):
+        for name in sums:
+            if name in table.column_names:
+                sums[name] += pc.sum(table[name]).as_py() or 0
+    prompt, output = sums["prompt_tokens"], sums["generated_tokens"]
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + output,
+    }
 
 
 def _model_of(line: bytes) -> str | None:

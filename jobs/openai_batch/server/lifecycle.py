@@ -95,6 +95,7 @@ def batch_object(state: State, live_counts: dict | None = None) -> dict:
         "output_file_id": end.get("output_file_id"),
         "error_file_id": end.get("error_file_id"),
         "request_counts": {"total": total, "completed": counts["completed"], "failed": counts["failed"]},
+        "usage": end.get("usage"),
     }
     for name in ("in_progress", "cancelling", "finalizing"):
         doc[f"{name}_at"] = ev.get(name, {}).get("at")
