@@ -9,6 +9,7 @@ and completes once; another key sees none of them.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +92,7 @@ def cluster():
     handle, address = start_cluster([1], cpus=3, temp_dir=temp_dir)
     yield address
     handle.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture
