@@ -130,9 +130,19 @@ class JobDir:
         )
 
     def clear(self) -> list[str]:
-        """`--overwrite`: delete the runner's own files (parts, temps, summary); return their names."""
+        """`--overwrite`: delete the previous job's parts; return their names.
+
+        The lease first moves to a new generation that seals nothing, so no part present counts for
+        this run or any later one; then the parts numbered below this run's first number go, and only
+        they (a delete by name cannot be fenced: this run, frozen here and resumed after a takeover,
+        deletes parts that count for no one, never the new holder's). Temp files went when the lease
+        was taken; the summary is replaced by this run's own."""
+        if self._lease is None or self._lease.generation is None:
+            return outputs.PartWriter.remove_parts(self.path)
+        present = self.catalogue.numbers()
+        self._lease.renew([], max([self._lease.next_part] + [n + 1 for n in present]))
         self.fence()
-        return outputs.PartWriter.remove_parts(self.path)
+        return self.catalogue.remove([n for n in present if n < self._lease.next_part])
 
     def pending(self, table):
         """Input rows whose ids are not yet committed here; and how many were.

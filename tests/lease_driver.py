@@ -26,6 +26,9 @@ and at each point of one part commit (the `--freeze-commit K`th Parquet file wri
 - linked: after the link or rename, before the check that follows it;
 - post-check: after that check.
 
+and `--overwrite` removes the committed parts first (`JobDir.clear`); `--freeze clear` stops it after
+its lease check, before it deletes anything.
+
 `--fail ID,ID` makes those rows engine errors (`error_kind` engine), which `--retry-errors` generates
 again. The "done" summary counts the committed rows as `runner.job.Job`'s does.
 """
@@ -44,6 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from runner.errors import OutputError
+from runner.io.catalogue import Catalogue
 from runner.io.lease import Lease, LeaseLost
 from runner.jobdir import JobDir
 
@@ -110,6 +114,14 @@ def install(point: str | None, at_commit: int = 1) -> None:
             freeze(point)
 
     pq.write_table, JobDir.fence = write_table, fence
+    real_remove = Catalogue.remove
+
+    def remove(self, numbers):
+        if point == "clear":
+            freeze(point)
+        return real_remove(self, numbers)
+
+    Catalogue.remove = remove
 
     def open_(path, flags, *args, **kw):  # a lease made by O_EXCL, then written (earlier versions)
         fd = real_open(path, flags, *args, **kw)
@@ -163,6 +175,8 @@ def drive(args) -> int:
     out = JobDir(args.out)
     with out.lease(timeout_s=args.timeout, heartbeat_s=args.timeout / 6):
         out.prepare()
+        if args.overwrite:
+            out.clear()
         out.write_summary({"status": "running", "pid": os.getpid()})
         if args.retry_errors:
             out.drop_retryable_errors()
@@ -206,6 +220,7 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=1.5)
     parser.add_argument("--freeze-commit", type=int, default=1)
     parser.add_argument("--retry-errors", action="store_true")
+    parser.add_argument("--overwrite", action="store_true")
     parser.add_argument(
         "--fail", type=lambda text: frozenset(int(i) for i in text.split(",")), default=frozenset()
     )

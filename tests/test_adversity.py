@@ -323,3 +323,15 @@ def test_a_driver_with_a_long_lease_is_not_evicted_by_a_taker_configured_with_a_
         first.wait()
     assert_every_row_once(out)
     assert json.loads((out / "_job.json").read_text())["pid"] == first.pid
+
+
+def test_a_driver_frozen_in_overwrite_before_deleting_deletes_nothing_another_counts(tmp_path):
+    """`--overwrite` first moves the lease to a generation that seals nothing, then deletes the parts
+    below its own numbers: frozen in between while a plain driver takes over (which then counts none
+    of the old parts and generates every row), the resumed driver deletes no part the new one wrote."""
+    out = tmp_path / "out"
+    code, text = finish(start(out, "--timeout", str(TIMEOUT)))
+    assert code == 0, text
+    takeover_while_frozen(out, "clear", ["--overwrite"], [])
+    assert_every_row_once(out)
+    assert json.loads((out / "_job.json").read_text())["generated"] == ROWS

@@ -306,7 +306,8 @@ def test_overwrite_replaces_only_the_runners_own_files(prompts, tmp_path):
     summary = run(cfg, overwrite=True)
 
     # The lease stays, released; part numbers are never reused (runner.io.catalogue.Catalogue.seal).
-    runner_files = ["_job.json", "part-00002.parquet", "_lease.000002.json"]
+    # --overwrite moved the lease to a generation that seals nothing (runner.jobdir.JobDir.clear).
+    runner_files = ["_job.json", "part-00002.parquet", "_lease.000003.json"]
     assert sorted(p.name for p in out.iterdir()) == sorted([*user_files, *runner_files])
     assert all((out / name).read_text() == text for name, text in user_files.items())
     rows = pq.read_table(out / "part-00002.parquet").to_pylist()

@@ -112,6 +112,17 @@ class Catalogue:
             gone.append(part_name(number))
         return gone
 
+    def remove(self, numbers: list[int]) -> list[str]:
+        """Delete these parts (those already gone are skipped); return the names deleted."""
+        gone = []
+        for number in numbers:
+            try:
+                self.fs.delete_file(self._file(number))
+            except FileNotFoundError:
+                continue
+            gone.append(part_name(number))
+        return gone
+
     def generation(self, number: int) -> int | None:
         """The lease generation a part was written under; None for a part written without one."""
         try:

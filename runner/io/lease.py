@@ -138,6 +138,18 @@ class Lease:
         except OSError as err:  # the lease then ends by its timeout
             log.warning("output lease not released: %s", err)
 
+    def renew(self, sealed: list, next_part: int) -> None:
+        """Move to the next generation with a new seal (`--overwrite`: no part present counts any more),
+        by the exclusive create a takeover uses: of this holder and a driver taking the lease over at
+        the same moment, exactly one gets that generation. `LeaseLost` when the other did."""
+        self.check()
+        number = self.generation + 1
+        if not self._create(number, self._holder(number, sealed, next_part)):
+            self._lost = f"output.path: {self.root}: this run's lease was taken over; stopping"
+            raise LeaseLost(self._lost)
+        self.generation, self.next_part = number, next_part
+        self._tidy(number)
+
     def __enter__(self) -> Lease:
         return self.acquire()
 
