@@ -287,3 +287,19 @@ def test_a_taker_judges_a_lease_by_its_holders_timeout_never_its_own(tmp_path):
     with pytest.raises(LeaseLost):
         holder.check()
     taker.release()
+
+
+def test_a_signal_while_the_lease_is_taken_leaves_it_released(tmp_path):
+    """Ctrl-C or a scheduler's SIGTERM right after the lease file is created: the lease is released on
+    the way out, so the next run takes it at once (on another host it would wait out the timeout)."""
+    out = tmp_path / "out"
+    taker = lease(out)
+
+    def interrupted(generation: int) -> None:
+        raise KeyboardInterrupt
+
+    taker._tidy = interrupted  # the step right after the create
+    with pytest.raises(KeyboardInterrupt):
+        taker.acquire()
+    assert json.loads((out / lease_name(1)).read_text())["released"] is True
+    lease(out, timeout_s=600).acquire().release()

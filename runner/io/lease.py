@@ -91,10 +91,15 @@ class Lease:
         if self.fs.get_file_info(self.root).type == pafs.FileType.File:
             raise OutputError(f"output.path: {self.root} is a file, not a directory")
         try:
-            self.fs.create_dir(self.root, recursive=True)
-            self._take(seal)
-        except OSError as err:
-            raise OutputError(f"output.path: {self.root} is not writable ({err})") from None
+            try:
+                self.fs.create_dir(self.root, recursive=True)
+                self._take(seal)
+            except OSError as err:
+                raise OutputError(f"output.path: {self.root} is not writable ({err})") from None
+        except BaseException:  # a signal half way (Ctrl-C, a scheduler's SIGTERM): nothing left held
+            if self.generation is not None:
+                self.release()
+            raise
         self._thread = threading.Thread(target=self._beat, name="output-lease", daemon=True)
         self._thread.start()
         return self
@@ -108,13 +113,16 @@ class Lease:
             number = (current.generation if current is not None else 0) + 1
             sealed, next_part = seal(current)
             mine = self._holder(number, sealed, next_part)
+            self.generation = number  # before the create: an exception right after it still releases
             if not self._create(number, mine):
+                self.generation = None
                 continue  # another driver took this generation first: look again
             newest = self.generations()[-1]
             if newest != number:  # a higher one appeared that our listing missed: not ours
+                self.generation = None
                 self.fs.delete_file(f"{self.root}/{lease_name(number)}")  # ours, and superseded
                 raise self._in_use(self.read(newest))
-            self.generation, self.next_part = number, next_part
+            self.next_part = next_part
             self._tidy(number)
             if current is not None and not current.released:
                 log.warning(
