@@ -73,6 +73,7 @@ class JobDir:
             self.lease()
         self._lease.acquire(seal=self.catalogue.seal)
         try:
+            self.fence()  # a driver that froze while taking the lease must not clear its successor's
             outputs.remove_temp_files(self.fs, self.root)
             swept = self.catalogue.sweep(self.fence)
         except BaseException:

@@ -303,3 +303,24 @@ def test_a_signal_while_the_lease_is_taken_leaves_it_released(tmp_path):
         taker.acquire()
     assert json.loads((out / lease_name(1)).read_text())["released"] is True
     lease(out, timeout_s=600).acquire().release()
+
+
+def test_a_commit_whose_temp_file_was_removed_while_the_lease_stayed_ours_is_written_again(tmp_path):
+    """A superseded driver that froze while taking the lease and then removed the temp files (as a
+    taker does) must not fail the holder's commit: the lease is still the holder's, so it writes again."""
+    out = tmp_path / "out"
+    holder = JobDir(str(out)).lease(timeout_s=30).acquire()
+    writes = []
+
+    def write(temp: str) -> None:
+        Path(temp).write_text("{}")
+        writes.append(temp)
+        if len(writes) == 1:
+            outputs.remove_temp_files(holder.fs, holder.root)  # the stale cleanup lands here
+
+    from runner.io.durable import atomic_write
+
+    assert atomic_write(holder.fs, holder.root, "_job.json", write, fence=holder.fence)
+    assert len(writes) == 2 and (out / "_job.json").read_text() == "{}"
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    holder.release()

@@ -20,6 +20,8 @@ from runner.errors import OutputError
 
 log = logging.getLogger(__name__)
 
+_ATTEMPTS = 3  # writes of one commit whose temp file someone else removed while the lease stayed ours
+
 
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and the path inside it; plain paths are local, URIs go by scheme."""
@@ -51,9 +53,9 @@ def atomic_write(
     the lease's seal and the part's generation). Object stores have no links: there the window between
     the check and the move stays open (one request long).
     """
-    temp = f"{root}/.{name}.{uuid.uuid4().hex[:12]}.tmp"
     local = isinstance(fs, pafs.LocalFileSystem)
-    try:
+    for attempt in range(_ATTEMPTS):
+        temp = f"{root}/.{name}.{uuid.uuid4().hex[:12]}.tmp"
         try:
             write(temp)
             if local:
@@ -62,12 +64,15 @@ def atomic_write(
                 fence()
             if not _move(fs, temp, f"{root}/{name}", replace, local):
                 return False
-        except FileNotFoundError:  # our temp file is gone: a new lease holder cleared it
-            if fence is not None:
-                fence()
-            raise
-    finally:
-        _remove_own(fs, temp, local)
+            break
+        except FileNotFoundError:  # our temp file is gone: a new lease holder cleared it (LeaseLost)
+            if fence is None or attempt == _ATTEMPTS - 1:
+                raise
+            fence()
+            # Still ours: a superseded driver cleared it (it froze while taking the lease, then went
+            # on); write it again.
+        finally:
+            _remove_own(fs, temp, local)
     if local:
         _fsync_dir(root)
     if fence is not None:
