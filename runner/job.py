@@ -22,39 +22,24 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import pyarrow as pa
 
 from runner import cluster
 from runner.config import JobConfig
-from runner.demo_model import SIZES, is_demo
-from runner.errors import ConfigError, JobFailed
+from runner.errors import JobFailed
 from runner.io.lease import LeaseLost
 from runner.io.stream import StreamedInput, open_input
 from runner.jobdir import JobDir
+from runner.model_source import check_model
 from runner.planning.start import start_check
-from runner.progress import Progress
+from runner.progress import Progress, close_board, open_board
 from runner.signals import Interrupted, StopSignals
-from runner.summary import JobStats, build_summary
+from runner.summary import JobStats, build_summary, previous_totals
 
 log = logging.getLogger(__name__)
 
 RAY_WAIT_S = 3.0  # the longest the summary waits on Ray (a restart count) before saying "unknown"
-
-
-def check_model_path(path: str) -> None:
-    """A model path that is clearly local must exist; hub ids are left to transformers."""
-    if is_demo(path):
-        if path.split(":", 1)[1] not in SIZES:
-            raise ConfigError(
-                f"model.path: unknown demo model {path!r} (known: demo:{', demo:'.join(SIZES)})"
-            )
-        return
-    local = Path(path).expanduser()
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or local.exists()
-    if looks_local and not (local / "config.json").is_file():
-        raise ConfigError(f"model.path: {path!r} is not a directory holding a model (no config.json)")
 
 
 def check_demands(cfg: JobConfig) -> None:
@@ -96,6 +81,8 @@ class Job:
         self.summary_extra = summary_extra or (lambda _dir: {})
         self.dir = JobDir(cfg.output.path)
         self._cleared = False  # `--overwrite` removed the previous job's files (this run)
+        self._before: dict = {}  # the directory's totals before this run (runner.summary.previous_totals)
+        self._resolved: dict = {}  # replicas and each engine's choices, for the summary
 
     def preflight(self, overwrite: bool) -> pa.Table | StreamedInput:
         """Every check that needs no cluster: model path, input and its columns, output directory.
@@ -107,7 +94,7 @@ class Job:
 
     def check_input(self) -> pa.Table | StreamedInput:
         """Model path, kernels the config demands, the input and its columns: nothing is written."""
-        check_model_path(self.cfg.model.path)
+        check_model(self.cfg.model)
         check_demands(self.cfg)
         return self.read(self.cfg)
 
@@ -125,12 +112,14 @@ class Job:
         so two drivers never write one directory. SIGINT / SIGTERM raise `Interrupted` after
         committing what is complete; rerunning resumes.
         """
+        started = JobStats()  # the clock starts before Ray does: wall time includes its start-up
         with StopSignals() as signals:
             table = self.check_input()
             with self.dir.lease(self.cfg.output.lease_timeout_s):
                 self.check_output(overwrite)
+                self._before = previous_totals(None if overwrite else self.dir.summary())
                 try:
-                    pool, todo, stats = self._start(table, overwrite, retry_errors, signals)
+                    pool, todo, stats = self._start(table, overwrite, retry_errors, signals, started)
                 except Interrupted:  # while Ray starts, say: no summary of this run yet
                     self._interrupted_before_start(overwrite, signals)
                     raise
@@ -142,9 +131,11 @@ class Job:
         check_error_rate(summary, max_error_rate)
         return summary
 
-    def _start(self, table, overwrite: bool, retry_errors: bool, signals: StopSignals):
+    def _start(self, table, overwrite: bool, retry_errors: bool, signals: StopSignals, started: JobStats):
         """Ray, the replica pool, `--overwrite` / `--retry-errors`, the rows still to do."""
         self._cleared = False
+        address = self.cfg.ray.address
+        log.info(f"connecting to Ray at {address}" if address else "starting Ray")
         cluster.connect(self.cfg.ray)
         self.cfg = start_check(self.cfg, cluster.hardware())  # auto placement; "does not fit": exit 2
         pool = cluster.plan_pool(self.cfg.placement, cluster.gpus_per_node())
@@ -164,7 +155,9 @@ class Job:
             pool.replicas,
             pool.gpus_per_replica,
         )
-        return pool, todo, JobStats(rows_skipped=skipped, rows_retried=retried)
+        stats = JobStats(rows_skipped=skipped, rows_retried=retried, rows_todo=_rows(todo))
+        stats.started, stats.started_at = started.started, started.started_at
+        return pool, todo, stats
 
     def _interrupted_before_start(self, overwrite: bool, signals: StopSignals) -> None:
         """A signal before the first row: the summary says `interrupted` (with this run's config), unless
@@ -177,12 +170,18 @@ class Job:
     def _stream(self, pool: cluster.Pool, todo, stats: JobStats, signals: StopSignals) -> dict:
         """Stream the stage's output into part files; the summary records how it ended, always."""
         restarts: cluster.RestartCounter | None = None
+        board = open_board(self.cfg.output.path) if _rows(todo) else None
+        progress = Progress(_rows(todo), pool.replicas, board)
 
         def finish(status: str) -> dict:
             with signals.hold():
                 if status != "running":
                     marked = min(self._settle(), stats.rows_ok)  # this run's rows, now error rows
                     stats.rows_ok, stats.rows_error = stats.rows_ok - marked, stats.rows_error + marked
+                    progress.__exit__()  # its last poll brings the engines' descriptions
+                    close_board(board)
+                self._resolved = {"replicas": pool.replicas, "gpus_per_replica": pool.gpus_per_replica}
+                self._resolved["engine"] = progress.engine_summary()
                 if status == "done" and signals.received is not None:
                     status = "interrupted"  # the signal came during the final commit: it ends the run
                 # Bounded: a scheduler that signals the whole process group has killed Ray too.
@@ -198,19 +197,20 @@ class Job:
             restarts = cluster.RestartCounter()
             finish("running")  # before the first part: a killed run still says which config wrote them
             flusher = _Flusher(writer, out.flush_seconds)
-            with Progress(_rows(todo)) as progress:
-                batches = cluster.results(todo, self.cfg, pool, self.stage) if _rows(todo) else []
-                for batch in batches:
-                    with signals.hold():  # a deferred signal fires after both: the summary counts the rows
-                        writer.write(batch)
-                        stats.add(batch)
-                    progress.update(batch.num_rows, stats)
+            batches = cluster.results(todo, self.cfg, pool, self.stage) if _rows(todo) else []
+            for batch in batches:
+                with signals.hold():  # a deferred signal fires after both: the summary counts the rows
+                    writer.write(batch)
+                    stats.add(batch)
+                progress.update(batch.num_rows, stats)
             flusher.stop()
             self._commit_rest(writer, signals)
             return finish("done")
         except LeaseLost:
             if flusher is not None:
                 flusher.stop()
+            progress.__exit__()
+            close_board(board)
             raise  # another driver owns the directory now: write nothing more, not even the summary
         except BaseException as err:
             if flusher is not None:
@@ -246,7 +246,9 @@ class Job:
         return build_summary(
             self.cfg,
             stats,
+            self._before,
             status=status,
+            resolved=self._resolved,
             replicas=pool.replicas if pool is not None else None,
             gpus_per_replica=pool.gpus_per_replica if pool is not None else None,
             replica_restarts=restarts,

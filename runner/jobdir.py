@@ -21,6 +21,7 @@ from runner.io import outputs
 from runner.io.catalogue import Catalogue
 from runner.io.durable import filesystem
 from runner.io.lease import Lease
+from runner.output_schema import OUTPUT_SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,10 @@ class JobDir:
                     "job of this runner; choose another output directory"
                 )
             return
-        if overwrite or previous.get("config_hash") == cfg.result_hash():
+        if overwrite:
+            return
+        check_schema_version(previous, self.path, bool(self.catalogue.numbers()))
+        if previous.get("config_hash") == cfg.result_hash():
             return
         new = cfg.model_dump(mode="json")
         differ = differing_settings(previous.get("config", {}), new, cfg.result_sections)
@@ -213,6 +217,16 @@ class JobDir:
     def write_summary(self, summary: dict) -> None:
         """Write `_job.json`, fenced: a run that lost the lease writes no summary."""
         outputs.write_summary(self.path, summary, self.fence)
+
+
+def check_schema_version(previous: dict, path: str, has_parts: bool) -> None:
+    """Parts written under another output schema (docs/outputs.md) cannot share a directory with new ones."""
+    version = previous.get("output_schema", 1)
+    if has_parts and version != OUTPUT_SCHEMA_VERSION:
+        raise OutputError(
+            f"output.path: {path} was written with output schema {version}, this runner writes "
+            f"{OUTPUT_SCHEMA_VERSION} (docs/outputs.md); pass --overwrite or choose another output directory"
+        )
 
 
 def differing_settings(old: dict, new: dict, sections: tuple[str, ...], prefix: str = "") -> list[str]:

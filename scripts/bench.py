@@ -259,8 +259,8 @@ def run_ray_job(model_cfg, rows: list[dict], batching: dict, workdir: Path) -> R
         summary = run(cfg, overwrite=True)
     ray.shutdown()
     table = pq.read_table(workdir / "out").to_pandas().sort_values("id")
-    useful = int(table["generated_tokens"].sum())
-    needed = sum(map(positions_needed, table["prompt_tokens"], table["generated_tokens"]))
+    useful = int(table["completion_tokens"].sum())
+    needed = sum(map(positions_needed, table["prompt_tokens"], table["completion_tokens"]))
     texts = list(table["generation"])
     peak = meter.peak / 2**30
     return Result(

@@ -210,9 +210,9 @@ def test_rows_sharing_an_id_in_one_batch_never_get_each_others_generation(tiny_m
     for row in out[:2]:  # the first row of each id: its own prompt's generation
         want = alone[row["prompt"]]
         assert (row["generation"], row["error"]) == (want["generation"], None)
-        assert row["generated_tokens"] == want["generated_tokens"]
+        assert row["completion_tokens"] == want["completion_tokens"]
     for row in out[2:]:
-        assert row["generation"] is None and row["error_kind"] == "row" and row["generated_tokens"] == 0
+        assert row["generation"] is None and row["error_kind"] == "row" and row["completion_tokens"] == 0
         assert row["error"].startswith(f"duplicate id {row['id']!r}")
 
 

@@ -60,8 +60,8 @@ def test_malformed_jsonl_lines_and_a_column_that_changes_type_become_error_rows(
     assert out["00000004"]["error"].startswith("in.jsonl line 5: not a JSON object")
     for bad in ("00000001", "00000002", "00000004"):
         assert out[bad]["finish_reason"] == "error" and out[bad]["error_kind"] == "row"
-    assert out["00000000"]["error"] is None and out["00000000"]["generated_tokens"] <= 3
-    assert out["00000003"]["error"] is None and out["00000003"]["generated_tokens"] <= 2
+    assert out["00000000"]["error"] is None and out["00000000"]["completion_tokens"] <= 3
+    assert out["00000003"]["error"] is None and out["00000003"]["completion_tokens"] <= 2
 
 
 def test_invalid_utf8_in_a_parquet_string_is_that_rows_error(stage, tmp_path):
@@ -80,7 +80,7 @@ def test_csv_ids_and_values_stay_the_text_they_are(stage, tmp_path):
     assert table.column("id").to_pylist() == ["007", "NA", "1e3"]
     out = run_stage(stage, cfg, table)
     assert [r["error"] for r in out.values()] == [None, None, None]  # "3" is a max_new_tokens of 3
-    assert out["007"]["generated_tokens"] <= 3
+    assert out["007"]["completion_tokens"] <= 3
 
 
 def test_a_template_that_raises_and_a_column_named_self(stage, tmp_path):

@@ -176,7 +176,7 @@ def test_every_scorer_gets_exactly_the_known_score(first_run):
     assert document["model_revision"].startswith("sha256:") and document["config_hash"]
     table = pq.read_table(out)
     tokens = sum(table.column("prompt_tokens").to_pylist()) + sum(
-        table.column("generated_tokens").to_pylist()
+        table.column("completion_tokens").to_pylist()
     )
     assert document["tokens"] == tokens > 0 and document["code_version"].startswith("0.1.0")
 

@@ -163,7 +163,7 @@ def assert_same_generations(rows: list[dict], expected: dict[str, dict]) -> None
     assert sorted(ids) == sorted(expected), "every input row exactly once"
     for row in rows:
         want = expected[row["id"]]
-        for column in ("generation", "finish_reason", "prompt_tokens", "generated_tokens", "error"):
+        for column in ("generation", "finish_reason", "prompt_tokens", "completion_tokens", "error"):
             assert row[column] == want[column], f"row {row['id']} column {column}"
 
 

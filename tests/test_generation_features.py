@@ -345,7 +345,7 @@ def test_logprob_columns_in_the_stage(tiny_model):
     stage = stage_for(tiny_model, sampling={"logprobs": 2, "prompt_logprobs": True, "max_new_tokens": 4})
     out = stage(table([{"prompt": "Hello"}, {"prompt": None}])).to_pylist()
     first = out[0]["logprobs"]
-    assert len(first) == out[0]["generated_tokens"] and len(first[0]["top"]) == 2
+    assert len(first) == out[0]["completion_tokens"] and len(first[0]["top"]) == 2
     assert set(first[0]) == {"token_id", "token", "logprob", "top"}
     assert out[1]["logprobs"] is None and out[1]["prompt_logprobs"] is None
     stage.engine.close()

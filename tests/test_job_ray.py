@@ -65,7 +65,7 @@ def test_two_replicas_on_fake_gpus_write_every_row_once(ray_two_gpus, prompts_fi
         out = by_id[row["key"]]
         assert out["topic"] == row["topic"]
         assert out["finish_reason"] in ("stop", "length") and out["error"] is None
-        assert out["generated_tokens"] <= row["limit"]
+        assert out["completion_tokens"] <= row["limit"]
     by_replica = {}
     for r in table:
         by_replica.setdefault(r["replica"], []).append(r["id"])
@@ -83,7 +83,7 @@ def test_job_json_records_config_versions_and_totals(ray_two_gpus, prompts_file,
     assert summary["config_hash"] == cfg.result_hash()
     assert summary["config"]["model"]["path"] == "demo:tiny-llama"
     assert summary["versions"]["transformers"] and summary["versions"]["ray"]
-    assert summary["generated_tokens"] == sum(table.column("generated_tokens").to_pylist())
+    assert summary["generated_tokens"] == sum(table.column("completion_tokens").to_pylist())
     assert summary["prompt_tokens"] == sum(table.column("prompt_tokens").to_pylist())
     assert summary["rows_ok"] + summary["rows_error"] == table.num_rows
 

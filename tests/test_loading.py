@@ -89,8 +89,7 @@ def test_device_map_and_max_memory_reach_from_pretrained(tiny_model, monkeypatch
 
 
 def test_missing_local_model_path_names_the_field(tmp_path):
-    from runner.job import check_model_path
+    from runner.model_source import check_model
 
-    with pytest.raises(ConfigError, match=r"^model.path: .*no config.json"):
-        check_model_path(str(tmp_path / "nothing-here"))
-    check_model_path("meta-llama/Llama-3.1-8B")  # hub ids are left to transformers
+    with pytest.raises(ConfigError, match=r"^model.path: .*no such directory"):
+        check_model(ModelConfig(path=str(tmp_path / "nothing-here")))  # more cases: test_model_source.py

@@ -115,7 +115,8 @@ def test_greedy_chat_equals_chat_template_and_generate(stage, tiny_model):
     ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True)
     ids = ids["input_ids"] if hasattr(ids, "keys") else ids
     expected = tokenizer.decode(reference(stage.engine, list(ids), 6), skip_special_tokens=True)
-    assert out["error"] is None and out["generation"] == [expected]
+    assert out["error"] is None and out["generation"] == expected
+    assert [s["text"] for s in out["samples"]] == [expected]  # the batch stage lists every row's samples
     # the same prompt as a generate job's messages column
     gen = GenerationStage(
         generate_config(tiny_model, {"prompt": {"messages_column": "messages"}}), stage.engine
@@ -131,7 +132,7 @@ def test_completion_text_equals_generate_job(stage, tiny_model):
     gen = GenerationStage(generate_config(tiny_model, {"prompt": {"column": "p"}}), stage.engine)
     row = gen(pa.Table.from_pylist([{"id": "t1", "p": "Once upon a time"}])).to_pylist()[0]
     out = out.to_pylist()[0]
-    assert out["generation"] == [row["generation"]] and out["generated_tokens"] == row["generated_tokens"]
+    assert out["generation"] == row["generation"] and out["completion_tokens"] == row["completion_tokens"]
     assert checked_line(out)["response"]["body"]["object"] == "text_completion"
 
 
@@ -159,8 +160,8 @@ def test_request_options_equal_the_same_job_options(request, tiny_model, body, s
     job = job_stage(tiny_model, {"prompt": {"column": "p"}}, sampling, strategy)
     row = job(pa.Table.from_pylist([{"id": "r1", "p": "Hello there"}])).to_pylist()[0]
     job.engine.close()
-    texts = row["generation"] if isinstance(row["generation"], list) else [row["generation"]]
-    assert out["error"] is None and out["generation"] == texts
+    texts = [s["text"] for s in row["samples"]] if row["samples"] else [row["generation"]]
+    assert out["error"] is None and [s["text"] for s in out["samples"]] == texts
     line = checked_line(out)
     assert len(line["response"]["body"]["choices"]) == len(texts)
 
@@ -176,7 +177,7 @@ def test_logprobs_equal_the_job_option_and_fit_openai_shapes(stage, tiny_model):
     out = {r["id"]: r for r in stage(rows).to_pylist()}
     assert out["l3"]["logprobs"] is None
     chat = checked_line(out["l1"])["response"]["body"]["choices"][0]["logprobs"]["content"]
-    assert len(chat) == out["l1"]["generated_tokens"] and all(len(t["top_logprobs"]) == 3 for t in chat)
+    assert len(chat) == out["l1"]["completion_tokens"] and all(len(t["top_logprobs"]) == 3 for t in chat)
     text = checked_line(out["l2"])["response"]["body"]["choices"][0]["logprobs"]
     row = job_stage(tiny_model, {"prompt": {"column": "p"}}, {"logprobs": 2})(
         pa.Table.from_pylist([{"id": "l2", "p": "Hello"}])
@@ -193,7 +194,7 @@ def test_json_schema_response_format_equals_the_job_schema(stage, tiny_model):
     sampling = {"json_schema": json.dumps(schema), "max_new_tokens": 12}
     job = job_stage(tiny_model, {"prompt": {"messages_column": "m"}}, sampling)
     row = job(pa.Table.from_pylist([{"id": "j1", "m": MESSAGES}])).to_pylist()[0]
-    assert out["generation"] == [row["generation"]] and out["generation"][0].startswith("{")
+    assert out["generation"] == row["generation"] and out["generation"].startswith("{")
 
 
 def test_request_errors_are_error_lines(stage):

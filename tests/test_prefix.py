@@ -450,7 +450,9 @@ def test_one_token_choices_need_no_second_pass():
 
 
 def output_batch(replica: str, reused: int) -> pa.Table:
-    table = pa.table({"error": pa.array([None], pa.string()), "prompt_tokens": [10], "generated_tokens": [2]})
+    table = pa.table(
+        {"error": pa.array([None], pa.string()), "prompt_tokens": [10], "completion_tokens": [2]}
+    )
     table = table.append_column("replica", pa.array([replica]))
     return table.replace_schema_metadata({PREFIX_REUSED_KEY: str(reused)})
 

@@ -115,7 +115,7 @@ def assert_complete_and_equal(out: Path, expected: dict[str, dict]) -> None:
     assert sorted(r["id"] for r in rows) == sorted(expected), "every input row exactly once"
     for row in rows:
         want = expected[row["id"]]
-        for column in ("generation", "finish_reason", "prompt_tokens", "generated_tokens", "error"):
+        for column in ("generation", "finish_reason", "prompt_tokens", "completion_tokens", "error"):
             assert row[column] == want[column], f"row {row['id']} column {column}"
     assert summary["status"] == "done" and summary["output_rows"] == len(expected)
 

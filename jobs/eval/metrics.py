@@ -66,8 +66,8 @@ def task_metrics(cfg: EvalConfig, path: str) -> dict[str, dict]:
 
 def total_tokens(path: str) -> int:
     """Prompt (multiple choice: scored) plus generated tokens of every row, all runs of a resumed job."""
-    table = read_rows(path, ["prompt_tokens", "generated_tokens"])
-    return int(sum(pc.sum(table[c]).as_py() or 0 for c in ("prompt_tokens", "generated_tokens")))
+    table = read_rows(path, ["prompt_tokens", "completion_tokens"])
+    return int(sum(pc.sum(table[c]).as_py() or 0 for c in ("prompt_tokens", "completion_tokens")))
 
 
 def code_version() -> str:

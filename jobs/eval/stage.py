@@ -22,13 +22,15 @@ from jobs.eval.scorers import resolve
 from jobs.generate.prompts import PromptBuilder, RowError
 from jobs.generate.stage import (
     GenerationStage,
+    describe,
     replica_label,
-    result_schema,
     set_cpu_threads,
     with_prefix_count,
 )
 from runner.config import JobConfig
 from runner.io.outputs import INPUT_ERROR
+from runner.output_schema import result_fields
+from runner.progress import Reporter
 from runner.watchdog import Stalled, Watchdog
 
 if TYPE_CHECKING:
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 def output_schema(cfg: EvalConfig) -> pa.Schema:
     """The eval output's columns (RESERVED_COLUMNS, typed as generate's where they are generate's), then
     a column per metric."""
-    types = {f.name: f.type for f in result_schema(1)}  # an eval row holds one generation
+    types = {f.name: f.type for f in result_fields()}  # generate's types (no optional sample fields)
     types |= {"id": pa.string(), "task": pa.string(), "target": pa.string()}
     types["choice_logprobs"] = pa.list_(pa.float64())
     fields = [(name, types[name]) for name in RESERVED_COLUMNS]
@@ -133,7 +135,7 @@ class ChoiceTask:
             "id": row["id"],
             "prompt": q.context if isinstance(q, mc.Question) else None,
             "target": _target_text(row.get(self.task.scoring.target_column)),
-            "generated_tokens": 0,
+            "completion_tokens": 0,
             "prompt_tokens": 0,
         }
         if isinstance(q, RowError):
@@ -154,9 +156,12 @@ class EvalStage:
         from runner.engine import Engine
 
         self.cpu_threads = set_cpu_threads(cpu_threads) if cpu_threads else None
-        self.engine = engine or Engine(cfg.model, cfg.sampling, cfg.batching, cfg.placement)
-        self.schema = output_schema(cfg)
+        self.reporter = Reporter(cfg.output.path if engine is None else None)
         self.replica = replica_label()
+        self.reporter.starting(self.replica)
+        self.engine = engine or Engine(cfg.model, cfg.sampling, cfg.batching, cfg.placement)
+        self.reporter.ready(describe(self.engine))
+        self.schema = output_schema(cfg)
         self.tasks = {
             t.name: ChoiceTask(t, self.engine)
             if t.scoring.loglikelihood
@@ -170,6 +175,8 @@ class EvalStage:
         out: list[dict] = []
         for name, group in groupby(batch.to_pylist(), key=lambda r: r["task"]):
             rows = [{**json.loads(r["input"]), "id": r["id"]} for r in group]
-            for result in self.tasks[name](rows):
-                out.append({**result, "task": name, "replica": self.replica})
+            results = self.tasks[name](rows)
+            out.extend({**result, "task": name, "replica": self.replica} for result in results)
+            failed = sum(1 for r in results if r.get("error"))
+            self.reporter.add(len(results), failed, sum(r.get("completion_tokens") or 0 for r in results))
         return with_prefix_count(pa.Table.from_pylist(out, schema=self.schema), self.engine)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,10 @@ from runner.engine import Completion, Request
 from runner.engine.types import Progress
 from runner.errors import ConfigError, first_line
 from runner.io.catalogue import duplicate_id_error
-from runner.io.outputs import INPUT_ERROR, OUTPUT_COLUMNS
+from runner.io.outputs import INPUT_ERROR
+from runner.output_schema import output_schema, sampling_params
+from runner.parts import run_parts, split
+from runner.progress import Reporter
 from runner.summary import PREFIX_REUSED_KEY
 from runner.watchdog import Stalled, Watchdog
 
@@ -31,25 +35,6 @@ if TYPE_CHECKING:
     from runner.engine import Engine
 
 log = logging.getLogger(__name__)
-
-RESULT_FIELDS = OUTPUT_COLUMNS[1:]  # what the stage adds after `id` (and the carried columns)
-
-
-def result_schema(n: int) -> pa.Schema:
-    """Types of the columns the stage adds (generation and finish_reason are lists when n > 1)."""
-    text = pa.list_(pa.string()) if n > 1 else pa.string()
-    return pa.schema(
-        [
-            ("prompt", pa.string()),
-            ("generation", text),
-            ("prompt_tokens", pa.int64()),
-            ("generated_tokens", pa.int64()),
-            ("finish_reason", text),
-            ("error", pa.string()),
-            ("error_kind", pa.string()),
-            ("replica", pa.string()),
-        ]
-    )
 
 
 def replica_label() -> str:
@@ -92,6 +77,12 @@ def with_prefix_count(table: pa.Table, engine) -> pa.Table:
     parts = (getattr(engine, "generator", None), getattr(engine, "scorer", None))
     count = sum(getattr(part, "prefix_tokens_reused", 0) for part in parts)
     return table.replace_schema_metadata({**(table.schema.metadata or {}), PREFIX_REUSED_KEY: str(count)})
+
+
+def describe(engine) -> dict:
+    """The engine's own description (runner.engine.Engine.describe); a stand-in engine may lack one."""
+    own = getattr(engine, "describe", None)
+    return own() if callable(own) else {"strategy": getattr(engine, "strategy", None)}
 
 
 @dataclass
@@ -150,21 +141,25 @@ class GenerationStage:
 
         self.cpu_threads = set_cpu_threads(cpu_threads) if cpu_threads else None
         self.cfg = cfg
+        # A stage given an engine is part of another (eval's), which reports for it.
+        self.reporter = Reporter(cfg.output.path if engine is None else None)
+        self.replica = replica_label()
+        self.reporter.starting(self.replica)
         self.engine = engine or Engine(cfg.model, cfg.sampling, cfg.batching, cfg.placement)
+        self.reporter.ready(describe(self.engine))
         self.prompts = PromptBuilder(cfg.data.prompt, self.engine.tokenizer)
         self.options = RowOptions(cfg)  # per-row sampling / schema / adapter columns
         self._check_row_options(cfg)
         # columns only some options add
-        self.extra_columns = ExtraColumns(cfg, self.engine.tokenizer, self.lists, self.logprobs_column)
-        self.replica = replica_label()
+        self.extra_columns = ExtraColumns(cfg, self.engine.tokenizer, self.logprobs_column)
         self.watchdog = Watchdog(cfg.batching.stall_timeout_s)
 
     # Hooks for a job kind whose rows carry their own n and logprobs (jobs/openai_batch): every row
-    # then writes its samples as lists, and the logprobs column exists whichever rows ask for it.
+    # then fills `samples`, and the logprobs column exists whichever rows ask for it.
     @property
     def lists(self) -> bool:
-        """Whether per-sample columns (generation, finish_reason, ...) hold lists, one entry per sample."""
-        return self.cfg.sampling.n > 1
+        """Whether every generated row fills `samples`, one-sample rows too (else only rows of n > 1)."""
+        return False
 
     @property
     def logprobs_column(self) -> bool:
@@ -187,25 +182,44 @@ class GenerationStage:
         if self.cpu_threads:  # Ray runs concurrent batches on threads of its own: set in each
             set_cpu_threads(self.cpu_threads)
         # Announced before tokenizing: batches in flight on this replica are planned together.
-        with self.engine.announce():
+        announced = self.engine.announce()
+        announced.__enter__()
+        try:
             rows = refuse_repeated_ids([self._prepare_safely(row) for row in readable_rows(batch)])
-            requests = [r.request for r in rows if r.request is not None]
-            done, isolated = {}, set()
-            self._generate(requests, done, isolated)
+        except BaseException:
+            announced.__exit__(None, None, None)
+            raise
+        requests = [r.request for r in rows if r.request is not None]
+        done, isolated, took = {}, set(), {}
+
+        def run(part: list[Request]) -> None:
+            self._generate(part, done, isolated, took)
+            self._report(part, done)
+
+        run_parts(self.engine, split(requests, getattr(self.engine, "strategy", "")), run, announced)
+        self.reporter.add(len(rows) - len(requests), len(rows) - len(requests), 0)  # rows that never ran
         if len(isolated) == len(requests):  # every row failed alone: the engine is broken, not the rows
             isolated.clear()
-        out = self.extra_columns.append(self._output(batch, rows, done, isolated), rows, done)
-        return with_prefix_count(out, self.engine)
+        return with_prefix_count(self._output(batch, rows, done, isolated, took), self.engine)
 
-    def _generate(self, requests: list[Request], done: dict, isolated: set) -> None:
+    def _report(self, part: list[Request], done: dict) -> None:
+        completions = [done.get(r.id) for r in part]
+        failed = sum(1 for c in completions if c is None or c.error)
+        tokens = sum(c.generated_tokens for c in completions if c is not None)
+        self.reporter.add(len(part), failed, tokens)
+
+    def _generate(self, requests: list[Request], done: dict, isolated: set, took: dict | None = None) -> None:
         """Complete `requests` into `done`; a call that raises (not out of memory: the engine splits
         those itself) is bisected until the row that causes it fails alone, the others still generate."""
         import torch
 
         if not requests:
             return
+        started = time.monotonic()
         try:
             done.update((c.id, c) for c in self.watchdog.call(lambda p: self._engine_generate(requests, p)))
+            if took is not None:  # each row's time: that of the call that completed it
+                took.update(dict.fromkeys((r.id for r in requests), time.monotonic() - started))
             return
         except torch.OutOfMemoryError:
             raise
@@ -222,8 +236,8 @@ class GenerationStage:
                 return
             log.warning("a batch of %d rows failed (%s); bisecting to isolate the row", len(requests), err)
         half = len(requests) // 2
-        self._generate(requests[:half], done, isolated)
-        self._generate(requests[half:], done, isolated)
+        self._generate(requests[:half], done, isolated, took)
+        self._generate(requests[half:], done, isolated, took)
 
     def _engine_generate(self, requests: list[Request], progress: Progress) -> list[Completion]:
         # The watchdog runs the call on a thread of its own: OpenMP's thread count is per thread.
@@ -276,29 +290,52 @@ class GenerationStage:
         )
 
     def _output(
-        self, batch: pa.Table, rows: list[_Row], done: dict[str, Completion], isolated: set = frozenset()
+        self,
+        batch: pa.Table,
+        rows: list[_Row],
+        done: dict[str, Completion],
+        isolated: set = frozenset(),
+        took: dict | None = None,
     ) -> pa.Table:
-        n, lists = self.cfg.sampling.n, self.lists
-        columns = {name: [] for name in RESULT_FIELDS}
-        for row in rows:
-            # Keyed by the row's own request: a row that sent none (a repeated id) gets no completion.
-            c = done.get(row.request.id) if row.request is not None else None
-            error = row.error or (c.error if c is not None else "engine returned no result")
-            # A row's own fault (input, prompt, context, a row that fails alone) or the engine's.
-            kind = None if not error else ("row" if row.error or row.id in isolated else "engine")
-            texts = None if error else (c.texts if lists else c.texts[0])
-            reasons = ["error"] * n if error else c.finish_reasons
-            columns["prompt"].append(row.prompt)
-            columns["generation"].append(texts)
-            columns["prompt_tokens"].append(len(row.request.prompt_ids) if row.request else 0)
-            columns["generated_tokens"].append(c.generated_tokens if c is not None else 0)
-            columns["finish_reason"].append(reasons if lists else reasons[0])
-            columns["error"].append(error)
-            columns["error_kind"].append(kind)
-            columns["replica"].append(self.replica)
-        keep = ["id", *self.cfg.data.carry_columns]
-        results = result_schema(2 if lists else 1)
-        return pa.Table.from_arrays(
-            [*batch.select(keep).columns, *(pa.array(columns[f.name], f.type) for f in results)],
-            schema=pa.schema([*batch.select(keep).schema, *results]),
-        )
+        """One output row per input row, typed by `runner.output_schema` (docs/outputs.md)."""
+        keep = batch.select(["id", *self.cfg.data.carry_columns])
+        # `id` and the carried columns keep their input types; the columns added are `output_schema`'s.
+        added = list(output_schema(self.cfg, logprobs=self.logprobs_column))[1:]
+        results = [self._result(row, done, isolated, took or {}) for row in rows]
+        arrays = [pa.array([r[f.name] for r in results], f.type) for f in added]
+        return pa.Table.from_arrays([*keep.columns, *arrays], schema=pa.schema([*keep.schema, *added]))
+
+    def _result(self, row: _Row, done: dict, isolated: set, took: dict) -> dict:
+        # Keyed by the row's own request: a row that sent none (a repeated id) gets no completion.
+        c = done.get(row.request.id) if row.request is not None else None
+        error = row.error or (c.error if c is not None else "engine returned no result")
+        # A row's own fault (input, prompt, context, a row that fails alone) or the engine's.
+        kind = None if not error else ("row" if row.error or row.id in isolated else "engine")
+        extras = self.extra_columns.per_sample(row, c) if not error else []
+        samples = [] if error else [self._sample(c, j, extras[j]) for j in range(len(c.texts))]
+        return {
+            "prompt": row.prompt,
+            "generation": samples[0]["text"] if samples else None,
+            "prompt_tokens": len(row.request.prompt_ids) if row.request else 0,
+            "completion_tokens": c.generated_tokens if c is not None else 0,
+            "finish_reason": samples[0]["finish_reason"] if samples else "error",
+            "error": error,
+            "error_kind": kind,
+            "replica": self.replica,
+            "time_taken_llm": took.get(row.request.id) if row.request is not None else None,
+            "sampling_params": sampling_params(self.cfg, row.request) if row.request else None,
+            # One sample: it is `generation` (unless this job kind lists every row's samples).
+            "samples": samples if samples and (len(samples) > 1 or self.lists) else None,
+            **self.extra_columns.columns(not error, extras, c),
+        }
+
+    @staticmethod
+    def _sample(c: Completion, j: int, extra: dict) -> dict:
+        tokens = len(c.token_ids[j]) if j < len(c.token_ids) else 0
+        return {
+            "index": j,
+            "text": c.texts[j],
+            "finish_reason": c.finish_reasons[j],
+            "completion_tokens": tokens,
+            **extra,
+        }

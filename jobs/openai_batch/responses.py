@@ -28,8 +28,8 @@ from jobs.openai_batch.params import CHAT, problem_of
 # The output columns a line is made from (runner.io.outputs, jobs.generate.extra_outputs; url/model/line are
 # the request file's, carried: jobs.openai_batch.requests).
 COLUMNS = (
-    "id", "url", "model", "line", "generation", "finish_reason", "prompt_tokens", "generated_tokens",
-    "error", "error_kind", "logprobs",
+    "id", "url", "model", "line", "generation", "finish_reason", "prompt_tokens", "completion_tokens",
+    "error", "error_kind", "samples", "logprobs",
 )  # fmt: skip
 FINISH_REASONS = {"stop": "stop", "length": "length"}  # ours -> OpenAI's vocabulary
 
@@ -104,11 +104,18 @@ def completion_body(row: dict, created: int) -> dict:
     """The `chat.completion` / `text_completion` body of a successful row, built as openai's types."""
     usage = CompletionUsage(
         prompt_tokens=row["prompt_tokens"],
-        completion_tokens=row["generated_tokens"],
-        total_tokens=row["prompt_tokens"] + row["generated_tokens"],
+        completion_tokens=row["completion_tokens"],
+        total_tokens=row["prompt_tokens"] + row["completion_tokens"],
     )
-    texts, reasons = _listed(row["generation"]), _listed(row["finish_reason"])
-    logprobs = _listed(row.get("logprobs")) if row.get("logprobs") is not None else [None] * len(texts)
+    # Every sample is in `samples` (the batch stage fills it for one-sample rows too; docs/outputs.md).
+    first = {
+        "text": row["generation"],
+        "finish_reason": row["finish_reason"],
+        "logprobs": row.get("logprobs"),
+    }
+    samples = row.get("samples") or [first]
+    texts, reasons = [s["text"] for s in samples], [s["finish_reason"] for s in samples]
+    logprobs = [s.get("logprobs") for s in samples]
     common = {"id": "", "created": created, "model": row["model"] or "", "usage": usage}
     if row["url"] == CHAT:
         choices = [
@@ -135,10 +142,6 @@ def completion_body(row: dict, created: int) -> dict:
         common["id"] = f"cmpl-{_digest('text', row['line'], row['id'])}"
         body = Completion(object="text_completion", choices=choices, **common)
     return body.model_dump(mode="json", exclude_unset=True)
-
-
-def _listed(value: Any) -> list:
-    return value if isinstance(value, list) else [value]
 
 
 def _chat_logprobs(tokens: list[dict] | None) -> ChoiceLogprobs | None:

@@ -2,7 +2,7 @@
 OpenAI body instead of the config's prompt and option columns.
 
 Everything after the request is built is the generate stage's: the engine, bisecting a failing batch,
-the output columns. Every row writes its samples as lists (a request chooses its own `n`) and has the
+the output columns. Every generated row fills `samples` (a request chooses its own `n`) and has the
 `logprobs` column (null unless the request asked for logprobs). A request that cannot run becomes an
 error row whose `error` is a `RequestProblem` line (jobs.openai_batch.params), read back for the
 error file.

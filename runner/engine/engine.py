@@ -19,7 +19,7 @@ from runner.engine import adapters, constraints, logprobs
 from runner.engine.architecture import REFUSALS, Architecture, exact_strategies
 from runner.engine.continuous import ContinuousGenerator
 from runner.engine.generate import GenerateGenerator, unsupported_options
-from runner.engine.loading import Devices, load_model, load_tokenizer
+from runner.engine.loading import AttentionSupport, Devices, describe_loading, load_model, load_tokenizer
 from runner.engine.padded import PaddedGenerator
 from runner.engine.scoring import LoglikelihoodScorer, ScoreRequest, ScoreResult
 from runner.engine.strategy import probe_failure, strategy_plan
@@ -57,7 +57,8 @@ class Engine:
         self.architecture = Architecture.of(self.model)
         plan = strategy_plan(self.batching.strategy, model_devices(self.model), self.architecture)
         plan = adapters.plan_for(plan, model, REFUSALS["padded"](self.architecture))
-        self.strategy, self.generator = self._start(plan)
+        self.strategy, self.strategy_reason, self.generator = self._start(plan)
+        self.loading = describe_loading(model, self.devices, AttentionSupport.of(self.architecture_class()))
         self._check_options(model, sampling)
         self.scorer = LoglikelihoodScorer(self.model, self.batching)
         log.info(
@@ -76,7 +77,7 @@ class Engine:
             failure = probe_failure(generator, self.tokenizer, self.batching.stall_timeout_s)
             if failure is None:
                 log.info("strategy %s for %s: %s", strategy, self.architecture.name, why)
-                return strategy, generator
+                return strategy, why, generator
             generator.close()
             log.warning("strategy %s fails on %s at start: %s", strategy, self.architecture.name, failure)
             failures.append(f"{strategy} fails on {self.architecture.name} at start ({failure})")
@@ -99,6 +100,22 @@ class Engine:
                 f"{fields[0]}: not supported for {self.architecture.name}, which runs with the generate "
                 f"strategy only ({why}); remove {', '.join(fields)}"
             )
+
+    def architecture_class(self) -> type:
+        """The transformers model class under any adapter wrapper (PEFT's)."""
+        inner = getattr(self.model, "get_base_model", None)
+        return type(inner() if callable(inner) else self.model)
+
+    def describe(self) -> dict[str, str | list[str]]:
+        """What this engine runs and why: strategy, attention, dtype, quantization (each with its
+        reason), the model class and its devices. The driver shows it and writes it to the summary."""
+        return {
+            "model_class": self.architecture_class().__name__,
+            "devices": sorted(model_devices(self.model)),
+            "strategy": self.strategy,
+            "strategy_reason": self.strategy_reason,
+            **self.loading,
+        }
 
     @property
     def row_options_supported(self) -> bool:

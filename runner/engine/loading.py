@@ -50,6 +50,15 @@ def resolve_dtype(dtype: str, devices: Devices) -> torch.dtype:
     return torch.float32
 
 
+def dtype_reason(dtype: str, devices: Devices) -> str:
+    """Why `resolve_dtype` chose what it chose."""
+    if dtype != "auto":
+        return "set in config"
+    if devices.cuda:
+        return "auto: the GPU supports bfloat16" if devices.bf16 else "auto: the GPU lacks bfloat16"
+    return "auto: no GPU, float32 on CPU"
+
+
 def flash_attn_missing(devices: Devices, dtype: torch.dtype) -> list[str]:
     """Reasons FlashAttention-2 cannot run here (empty when it can)."""
     missing = []
@@ -175,6 +184,24 @@ def from_pretrained_kwargs(
     if quant is not None:
         kwargs["quantization_config"] = quant
     return kwargs
+
+
+def describe_loading(
+    model: ModelConfig, devices: Devices, support: AttentionSupport | None = None
+) -> dict[str, str]:
+    """The dtype, attention kernel and quantization a model loads with, each with its reason (the
+    same decisions as `from_pretrained_kwargs`, as text for logs and the job summary)."""
+    dtype = resolve_dtype(model.dtype, devices)
+    attention, attention_reason = resolve_attention(model.attention, devices, dtype, support)
+    quant = model.quantization
+    return {
+        "dtype": str(dtype).removeprefix("torch."),
+        "dtype_reason": dtype_reason(model.dtype, devices),
+        "attention": attention,
+        "attention_reason": attention_reason,
+        "quantization": quant.mode if quant.mode == "none" else f"bitsandbytes {quant.mode}",
+        "quantization_reason": "set in config" if quant.mode != "none" else "model.quantization.mode is none",
+    }
 
 
 def check_settings(model: ModelConfig, placement: PlacementConfig, devices: Devices | None = None) -> None:

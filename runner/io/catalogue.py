@@ -29,7 +29,7 @@ from runner.io.lease import Lease
 PART_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 GENERATION_KEY = b"runner.lease_generation"
 # Columns a duplicate-id row loses: what was generated for it (the first row with the id keeps its own).
-_GENERATED = ("generation", "token_ids", "logprobs", "prompt_logprobs", "parsed")
+_GENERATED = ("generation", "samples", "token_ids", "logprobs", "prompt_logprobs", "parsed")
 
 
 def part_name(number: int) -> str:
@@ -251,9 +251,10 @@ def _mark_duplicate(row: dict) -> None:
     for name in _GENERATED:
         if name in row:
             row[name] = None
-    if isinstance(row.get("finish_reason"), list):
+    if isinstance(row.get("finish_reason"), list):  # written before output schema 2
         row["finish_reason"] = ["error"] * len(row["finish_reason"])
     elif "finish_reason" in row:
         row["finish_reason"] = "error"
-    if "generated_tokens" in row:
-        row["generated_tokens"] = 0
+    for name in ("generated_tokens", "completion_tokens"):
+        if name in row:
+            row[name] = 0

@@ -26,24 +26,13 @@ import pyarrow.parquet as pq
 from runner.errors import OutputError
 from runner.io.catalogue import GENERATION_KEY, PART_RE, Catalogue, part_name
 from runner.io.durable import atomic_write, filesystem
+
+# The column names, defined with their types in runner.output_schema; readers import them from here.
+from runner.output_schema import OPTIONAL_COLUMNS, OUTPUT_COLUMNS  # noqa: F401
 from runner.summary import PREFIX_REUSED_KEY
 
 log = logging.getLogger(__name__)
 
-OUTPUT_COLUMNS = (
-    "id",
-    "prompt",
-    "generation",
-    "prompt_tokens",
-    "generated_tokens",
-    "finish_reason",
-    "error",
-    "error_kind",
-    "replica",
-)
-# Columns that exist only when their option is on (what fills them: jobs.generate.extra_outputs); named
-# here so a reader can refuse an input column that would clash with one.
-OPTIONAL_COLUMNS = ("token_ids", "logprobs", "prompt_logprobs", "parsed")
 INPUT_ERROR = "_input_error"  # an input column a reader adds when a row could not be read as data
 ERROR_KINDS = ("row", "engine")  # error_kind: the row's own fault, or the infrastructure's (retryable)
 SUMMARY_NAME = "_job.json"

@@ -1,0 +1,163 @@
+"""What a running job shows: the phase, a bar that moves as engine calls finish (not once per Ray Data
+batch), the engine's own choices and reasons, and a `_job.json` that keeps the directory's totals."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pytest
+
+from jobs.generate.stage import GenerationStage
+from runner import parts
+from runner.config import build_config
+from runner.engine import Engine
+from runner.progress import Board, Progress, engine_line
+from runner.summary import JobStats, build_summary, previous_totals
+from tests.conftest import PROMPTS, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Remote:
+    """A Board called as the Ray actor is (`board.method.remote(...)`), in this process."""
+
+    def __init__(self, board: Board):
+        self.board = board
+
+    def __getattr__(self, name: str):
+        return SimpleNamespace(remote=getattr(self.board, name))
+
+
+def test_the_phase_and_the_engines_choices_reach_the_bar(caplog):
+    board, out = Board(), io.StringIO()
+    progress = Progress(total=100, replicas=2)
+    progress.bar.fp = out
+    progress._apply(board.snapshot())
+    assert progress.bar.desc.startswith("starting replicas (0/2 ready)")
+    board.starting("host:1")
+    progress._apply(board.snapshot())
+    assert progress.bar.desc.startswith("loading the model on replica 1/2")
+    engine = {
+        "strategy": "padded",
+        "strategy_reason": "auto: because",
+        "attention": "sdpa",
+        "dtype": "float32",
+    }
+    board.ready("host:1", engine)
+    board.starting("host:2")
+    with caplog.at_level(logging.INFO, logger="runner.progress"):
+        progress._apply(board.snapshot())
+    assert progress.bar.desc.startswith("loading the model on replica 2/2 (1 ready)")
+    assert "replica 1/2 ready: " in caplog.text and "strategy padded (auto: because)" in caplog.text
+    board.ready("host:2", engine)
+    board.add(rows=30, errors=1, tokens=300)
+    progress._apply(board.snapshot())
+    assert progress.bar.desc.startswith("generating") and progress.bar.n == 30 and progress.errors == 1
+    assert progress.engine_summary() == engine  # both replicas agree: one description
+    progress.__exit__()
+
+
+def test_engine_describes_its_own_choices(tiny_model):
+    cfg = stage_config(tiny_model)
+    engine = Engine(cfg.model, cfg.sampling, cfg.batching)
+    try:
+        described = engine.describe()
+    finally:
+        engine.close()
+    assert (
+        described["strategy"] == engine.strategy == "padded"
+        and described["strategy_reason"] == "set in config"
+    )
+    assert (described["dtype"], described["dtype_reason"]) == ("float32", "set in config")
+    assert described["attention"] in ("sdpa", "eager") and described["attention_reason"]
+    assert described["quantization"] == "none" and described["devices"] == ["cpu"]
+    assert engine_line(described).startswith("LlamaForCausalLM on cpu; strategy padded (set in config)")
+
+
+def stage_config(model: str, strategy: str = "padded"):
+    return build_config(
+        {
+            "model": {"path": model, "dtype": "float32"},
+            "data": {"source": "unused.jsonl"},
+            "sampling": {"max_new_tokens": 5},
+            "batching": {"strategy": strategy, "token_budget": 2048, "max_batch_size": 8},
+        }
+    )
+
+
+@pytest.mark.parametrize("strategy", ["padded", "continuous"])
+def test_a_batch_in_parts_reports_each_part_and_changes_no_result(tiny_model, strategy, monkeypatch):
+    stage = GenerationStage(stage_config(tiny_model, strategy))
+    board = Board()
+    stage.reporter.board = Remote(board)
+    rows = [{"id": f"r{i:03d}", "prompt": PROMPTS[i % len(PROMPTS)][: 10 + i]} for i in range(40)]
+    rows.append({"id": "bad", "prompt": None})
+    calls = []
+    real = stage._generate
+    monkeypatch.setattr(stage, "_generate", lambda reqs, *a: (calls.append(len(reqs)), real(reqs, *a))[1])
+    try:
+        split = stage(pa.Table.from_pylist(rows)).to_pylist()
+        assert sorted(calls) == sorted([parts.PART_ROWS, parts.PART_ROWS, 40 - 2 * parts.PART_ROWS])
+        monkeypatch.setattr(parts, "PART_ROWS", 1000)  # one call for the whole batch
+        whole = stage(pa.Table.from_pylist(rows)).to_pylist()
+    finally:
+        stage.engine.close()
+    keep = ("id", "generation", "finish_reason", "completion_tokens", "error")
+    assert [{k: r[k] for k in keep} for r in split] == [{k: r[k] for k in keep} for r in whole]
+    assert board.rows == 2 * 41 and board.errors == 2  # both runs: every row once, the bad one an error
+    assert board.tokens == 2 * sum(r["completion_tokens"] for r in split)
+    if strategy == "padded":
+        assert stage.engine.generator._announced == 0  # every part's announcement ended
+
+
+def test_a_rerun_keeps_the_directorys_totals():
+    cfg = build_config({"model": {"path": "demo:tiny-llama"}, "data": {"source": "x.jsonl"}})
+    first = build_summary(cfg, JobStats(rows_ok=90, rows_error=10, generated_tokens=500), status="done")
+    assert first["totals"]["runs"] == 1 and first["totals"]["generated_tokens"] == 500
+    rerun = JobStats(rows_skipped=100)  # a finished job run again: nothing left to do
+    second = build_summary(cfg, rerun, previous_totals(first), status="done")
+    assert (second["rows_ok"], second["generated_tokens"]) == (0, 0)  # this run's own figures
+    assert second["totals"] | {"wall_time_s": 0} == {
+        "runs": 2,
+        "rows_ok": 90,
+        "rows_error": 10,
+        "prompt_tokens": 0,
+        "generated_tokens": 500,
+        "prefix_tokens_reused": 0,
+        "wall_time_s": 0,
+    }
+    assert second["started_at"].endswith("Z") and second["ended_at"] >= second["started_at"]
+    legacy = {k: v for k, v in first.items() if k != "totals"}  # a summary written before totals existed
+    assert previous_totals(legacy)["rows_ok"] == 90 and previous_totals(None) == {}
+
+
+@pytest.mark.slow
+def test_a_job_shows_its_phases_a_moving_bar_and_its_engine(tmp_path):
+    """End to end on a local Ray: a 120-row job in one Ray Data batch still moves its bar several times."""
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"{PROMPTS[i % 6]} {i}"} for i in range(120)])
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", "run", str(ROOT / "configs" / "demo.yaml")]
+        + ["--set", f"data.source={source}", "--set", "data.id_column=null", "--set", "data.carry_columns=[]"]
+        + ["--set", "batching.rows_per_task=1000", "--set", "placement.replicas=1"]
+        + ["--set", "sampling.max_new_tokens=8", "--output", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    shown = done.stderr.replace("\r", "\n")
+    assert "starting Ray" in shown and "loading the model on replica 1/1" in shown
+    assert "replica 1/1 ready: LlamaForCausalLM on cpu; strategy " in shown
+    counts = {int(line.split("|")[1].split("/")[0]) for line in shown.splitlines() if "generating:" in line}
+    assert len(counts - {0, 120}) >= 2, f"the bar moved only at {sorted(counts)}"
+    summary = json.loads((tmp_path / "out" / "_job.json").read_text())
+    assert summary["resolved"]["engine"]["strategy"] and summary["resolved"]["engine"]["strategy_reason"]
+    assert summary["input_rows"] == 120 and summary["ended_at"] >= summary["started_at"]
