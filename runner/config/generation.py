@@ -20,7 +20,11 @@ class SamplingConfig(_Strict):
     top_k: int = Field(0, ge=0, description="0 = off")
     seed: int = Field(0, ge=0, description="sampling seed (runs with the same config are reproducible)")
     stop: list[str] = Field(default_factory=list, description="stop strings (excluded from the output)")
-    n: int = Field(1, ge=1, description="samples per prompt (generation becomes a list when > 1)")
+    n: int = Field(
+        1,
+        ge=1,
+        description="samples per prompt (when > 1 all are in the `samples` column; `generation` is the first)",
+    )
     min_p: float = Field(
         0.0,
         ge=0,
