@@ -18,7 +18,8 @@ from runner import compat
 from runner.config import BatchingConfig, ModelConfig, SamplingConfig
 from runner.engine import Engine, Request, cascade
 from runner.engine.architecture import Architecture
-from runner.engine.prefix import PrefixStore, common_length, last_logits, share_groups
+from runner.engine.forward import ModelCall
+from runner.engine.prefix import PrefixStore, common_length, share_groups
 from runner.engine.scoring import LoglikelihoodScorer, ScoreRequest
 from runner.errors import ConfigError
 from runner.summary import PREFIX_REUSED_KEY, JobStats, build_summary
@@ -67,7 +68,7 @@ def test_the_store_reuses_the_longest_start_it_keeps_and_drops_the_oldest(tiny_m
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    store, forward = PrefixStore(model, capacity=150), last_logits(model)
+    store, forward = PrefixStore(model, capacity=150), ModelCall(model).last
     first = list(range(5, 105))
     with torch.inference_mode():
         whole = store.get(first, None, forward)
@@ -97,7 +98,7 @@ def test_a_shared_prefill_gives_every_row_its_own_logits_and_cache(arch):
     prefill = SharedPrefill(model, 0, 0.1, 64, PrefixStore(model, 4096))
     width = max(map(len, prompts)) + 2
     with torch.inference_mode():
-        logits, layers = prefill(prompts, width, None, last_logits(model))
+        logits, layers = prefill(prompts, width, None, ModelCall(model).last)
         for row, prompt in enumerate(prompts):
             alone = full_cache(model.config)
             out = model(input_ids=torch.tensor([prompt]), past_key_values=alone, use_cache=True).logits[0, -1]
@@ -135,7 +136,7 @@ def test_rows_sharing_a_system_prompt_equal_the_reference_and_compute_it_once(ti
     assert len(system) > 64
     done = engine.generate([Request(f"r{i}", p, 8 + i) for i, p in enumerate(rows)])
     assert [c.token_ids for c in done] == [[reference(tiny_llama, p, 8 + i)] for i, p in enumerate(rows)]
-    assert engine.generator.loop.prefill.store.computed == len(system)
+    assert engine.generator.layout.prefill.store.computed == len(system)
     assert engine.generator.prefix_tokens_reused == 3 * len(system)  # 4 rows took it, 1 computed it
     engine.close()
 
@@ -219,7 +220,7 @@ def test_cascade_rows_of_two_prefixes_and_none_keep_only_their_own_tokens_and_eq
     assert [c.token_ids for c in done] == [
         [reference(tiny_llama, p, n)] for p, n in zip(ids, limits, strict=True)
     ]
-    assert engine.generator.loop.copying is None and cascade.calls > before
+    assert engine.generator.layout.copying is None and cascade.calls > before
     assert s1 > 64 and s2 > 64 and widths[-1] == max(own)  # after the probe: own tokens
     engine.close()
 
@@ -244,7 +245,7 @@ def test_a_model_whose_layers_skip_the_attention_function_copies_the_prefix_inst
         AttentionInterface.register("sdpa", wrapper)
     assert "cascade attention does not run on LlamaForCausalLM (0 of 2 layers called" in caplog.text
     assert [c.token_ids for c in done] == [[reference(tiny_llama, p, 5)] for p in ids]
-    assert engine.generator.loop.copying is not None and engine.generator.prefix_tokens_reused > 0
+    assert engine.generator.layout.copying is not None and engine.generator.prefix_tokens_reused > 0
     engine.close()
 
 
@@ -272,7 +273,7 @@ def test_cascade_and_paged_attention_wrappers_keep_each_other_in_either_install_
         ids = engine.tokenize([SYSTEM + q for q in QUESTIONS[:3]])
         before = cascade.calls
         done = engine.generate([Request(str(i), p, 4) for i, p in enumerate(ids)])
-        assert engine.generator.loop.copying is None and cascade.calls > before
+        assert engine.generator.layout.copying is None and cascade.calls > before
         assert [c.token_ids for c in done] == [[reference(tiny_llama, p, 4)] for p in ids]
         engine.close()
     finally:
@@ -337,7 +338,7 @@ def test_every_padded_architecture_shares_a_prefix_longer_than_its_window_exactl
     expected = [[reference(model, p, n)] for p, n in zip(ids, limits, strict=True)]
     bad = [i for i, (c, e) in enumerate(zip(done, expected, strict=True)) if c.token_ids != e or c.error]
     assert bad == [], f"{spec.name}: rows {bad} differ from the unbatched reference"
-    loop = engine.generator.loop
+    loop = engine.generator.layout
     assert loop.broken is None
     assert engine.generator.prefix_tokens_reused > 4 * (shared - 40)
     # Each architecture either read the prefix from one copy (cascade attention) or says why it

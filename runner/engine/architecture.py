@@ -23,10 +23,10 @@ that change cannot alter the result:
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 from runner import compat
+from runner.engine.forward import forward_takes
 
 # Cache layer types (transformers cache_utils.DYNAMIC_LAYER_TYPE_MAPPING) that hold plain keys/values.
 KV_LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
@@ -60,18 +60,6 @@ class Architecture:
             takes_position_ids=forward_takes(model, "position_ids"),
             rope_types=frozenset(rope_types(config)),
         )
-
-
-def forward_takes(model, argument: str) -> bool:
-    """Whether the model's forward accepts `argument`: not every architecture's takes `position_ids`
-    or `logits_to_keep` (Bloom, GPT-J, ...)."""
-    return argument in inspect.signature(model.forward).parameters
-
-
-def cache_argument(model) -> str:
-    """The name the model's forward takes its KV cache by: transformers 5.24 renamed `past_key_values`
-    to `cache` (the old name warns, and goes in 5.40)."""
-    return "cache" if forward_takes(model, "cache") else "past_key_values"
 
 
 def _default_cache(model) -> bool:

@@ -61,17 +61,12 @@ class Shared:
     prefixes: list[KV]
     groups: list[int]
     layers: set = field(default_factory=set)  # layer indices computed in the current forward
-    _index: dict = field(default_factory=dict, repr=False)  # (group, device) -> row indices
-
-    def remove(self, slot: int) -> None:
-        """A finished row leaves the batch the cache's way (runner.engine.kv_cache.SlotLayer.remove):
-        the last row moves into its slot."""
-        self.groups[slot] = self.groups[-1]
-        self.groups.pop()
-        self._index.clear()
+    # (group, device, rows) -> row indices. Rows only ever leave a batch (runner.engine.layouts.Batch
+    # .remove rearranges `groups`), so the row count names the current arrangement.
+    _index: dict = field(default_factory=dict, repr=False)
 
     def rows_of(self, group: int, device) -> torch.Tensor:
-        key = (group, device)
+        key = (group, device, len(self.groups))
         if key not in self._index:
             rows = [r for r, g in enumerate(self.groups) if g == group]
             self._index[key] = torch.tensor(rows, dtype=torch.long, device=device)

@@ -18,7 +18,7 @@ import torch
 
 from runner.config import SamplingConfig
 from runner.engine import adapters
-from runner.engine.architecture import forward_takes
+from runner.engine.forward import ModelCall
 from runner.engine.types import Completion, Request, TokenLogprob
 
 CHUNK = (
@@ -63,9 +63,8 @@ def _score(model, prompt: list[int], tokens: list[int], whole: bool) -> torch.Te
     """log_softmax rows predicting each generated token (whole: each token after the first) [rows, vocab]."""
     ids = torch.tensor([prompt + tokens], device=model.device)
     keep = ids.shape[1] if whole else len(tokens) + 1
-    # A model whose forward takes no `logits_to_keep` computes all positions.
-    kwargs = {"logits_to_keep": keep} if forward_takes(model, "logits_to_keep") else {}
-    logits = model(input_ids=ids, use_cache=False, **kwargs).logits[0, -keep:-1]
+    # A model whose forward takes no `logits_to_keep` computes all positions: the last `keep` are cut.
+    logits = ModelCall(model).logits(ids, keep=keep)[0, -keep:-1]
     return torch.cat([torch.log_softmax(part.float(), dim=-1) for part in logits.split(CHUNK)]).cpu()
 
 

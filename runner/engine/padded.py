@@ -15,29 +15,23 @@ back to back: 48.4 s with one sorted plan per caller, 37.6 s merged.
 from __future__ import annotations
 
 import copy
-import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import torch
-
 from runner.config import BatchingConfig, SamplingConfig
-from runner.engine import adapters, cascade
-from runner.engine.architecture import Architecture
+from runner.engine import adapters
 from runner.engine.batching import plan_batches
 from runner.engine.decode import DecodeLoop
-from runner.engine.kv_cache import SlotCache
+from runner.engine.layouts import PlainLayout, SharedLayout
 from runner.engine.memory import split_on_oom, token_budget
-from runner.engine.prefix import Layout, PrefixStore, SharedPrefill
+from runner.engine.prefix import PrefixStore, SharedPrefill
 from runner.engine.processors import RowProcessors
 from runner.engine.sampling import Sampler
-from runner.engine.sequence import Sequence, Stopper, computed, eos_ids, expand
-from runner.engine.types import Completion, Request, stepped
-from runner.errors import first_line
+from runner.engine.sequence import Stopper, computed, eos_ids, expand
+from runner.engine.types import Completion, Request
 
-log = logging.getLogger(__name__)
 # The first caller to find the engine idle waits, at most this long, for callers that announced rows
 # (a replica's other in-flight Ray Data batches, still tokenizing) before the first batch is planned:
 # a batch planned over one caller's few rows mixes every prompt length, and a 20-token row decoding
@@ -84,15 +78,21 @@ class PaddedGenerator:
         self.stopper = Stopper(tokenizer, eos_ids(tokenizer, model, sampling), sampling.stop)
         pad = tokenizer.pad_token_id
         sampler = Sampler(sampling, RowProcessors(sampling, tokenizer, self.stopper.eos, model))
-        self.loop = DecodeLoop(model, sampler, self.stopper, pad, batching.max_padding)
-        if batching.prefix_sharing:
-            store = PrefixStore(model, int(self.budget * PrefixStore.BUDGET_SHARE))
-            prefill = SharedPrefill(model, pad, batching.max_padding, batching.prefix_min_tokens, store)
-            self.loop = SharingLoop(model, sampler, self.stopper, pad, batching.max_padding, prefill)
+        self.layout = self._layout(model, pad)
+        self.loop = DecodeLoop(model, sampler, self.stopper, self.layout)
         self._calls: list[_Call] = []  # oldest first
         self._state = threading.Condition()
         self._busy = False  # a thread is running a batch on the model
         self._announced = 0  # callers preparing or running a call (see `announce`)
+
+    def _layout(self, model, pad: int) -> PlainLayout | SharedLayout:
+        """The cache layout of every batch (runner.engine.layouts)."""
+        batching = self.batching
+        if not batching.prefix_sharing:
+            return PlainLayout(model, pad, batching.max_padding)
+        store = PrefixStore(model, int(self.budget * PrefixStore.BUDGET_SHARE))
+        prefill = SharedPrefill(model, pad, batching.max_padding, batching.prefix_min_tokens, store)
+        return SharedLayout(model, pad, batching.max_padding, prefill)
 
     def plan(self, requests: list[Request]) -> list[list[Request]]:
         """The batches to run, longest prompts first (each is one unit of out-of-memory retry)."""
@@ -185,118 +185,7 @@ class PaddedGenerator:
     @property
     def prefix_tokens_reused(self) -> int:
         """Prompt tokens not computed because their rows shared a prefix (runner.engine.prefix)."""
-        return self.loop.prefill.tokens_saved if isinstance(self.loop, SharingLoop) else 0
+        return self.layout.tokens_saved
 
     def close(self) -> None:
         """Nothing to release: the batch's cache lives only inside `run` (and the prefix store)."""
-
-
-class SharingLoop(DecodeLoop):
-    """The decode loop whose prefill computes each shared prompt prefix once (runner.engine.prefix)
-    and, where the model allows it, whose attention reads that prefix from one copy for all the rows
-    that share it, at the prefill of their suffixes and at every decode step (runner.engine.cascade);
-    elsewhere each row's cache gets its own copy of the prefix."""
-
-    def __init__(self, model, sampler, stopper, pad_id: int, max_padding: float, prefill: SharedPrefill):
-        super().__init__(model, sampler, stopper, pad_id, max_padding)
-        self.prefill = prefill
-        self.broken: str | None = None  # why sharing was turned off, once it failed
-        arch = Architecture.of(model)
-        self.copying: str | None = cascade.unsupported(model, arch)  # why the prefix is copied per row
-        if self.copying is not None:
-            log.info(
-                "prefix sharing on %s copies the prefix into each row's cache: %s",
-                type(model).__name__,
-                self.copying,
-            )
-        self._layers = len(arch.layer_types)
-        self._layout: Layout | None = None  # the running batch's (set by _cached_lengths)
-        self._shared: cascade.Shared | None = None  # the running batch's, on the cascade path
-
-    def run(self, seqs: list[Sequence]) -> None:
-        try:
-            super().run(seqs)
-        except cascade.NotCascadable as err:
-            if any(s.tokens for s in seqs):
-                raise  # found after tokens were chosen: cannot start again (not seen on any model)
-            self.copying = str(err)
-            log.warning(
-                "cascade attention does not run on %s (%s): each row's cache copies its shared prefix from now on",
-                type(self.model).__name__,
-                err,
-            )
-            super().run(seqs)
-        finally:
-            self._layout = self._shared = None
-
-    def _cached_lengths(self, seqs: list[Sequence]) -> list[int]:
-        self._layout = None
-        if self.broken is not None:
-            return super()._cached_lengths(seqs)
-        prompts = [s.request.prompt_ids for s in seqs]
-        try:
-            self._layout = self.prefill.layout(prompts, seqs[0].request.adapter, self._stepping(seqs))
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as err:  # noqa: BLE001 - a model the shared path cannot run: run it unshared
-            self._turn_off(err)
-            return super()._cached_lengths(seqs)
-        if self._cascading:
-            return self._layout.cached_lengths(prompts)
-        return super()._cached_lengths(seqs)
-
-    @property
-    def _cascading(self) -> bool:
-        return self._layout is not None and self._layout.sharing and self.copying is None
-
-    def _prefill(self, seqs: list[Sequence], width: int, cache: SlotCache) -> torch.Tensor:
-        if self._layout is None or not self._layout.sharing:  # nothing shared: the plain prefill
-            return super()._prefill(seqs, width, cache)
-        prompts = [s.request.prompt_ids for s in seqs]
-        attend = self._attend if self._cascading else None
-        try:
-            logits, layers = self.prefill.fill(prompts, width, self._layout, self._stepping(seqs), attend)
-        except (torch.OutOfMemoryError, cascade.NotCascadable):
-            raise
-        except Exception as err:  # noqa: BLE001 - a model the shared path cannot run: run it unshared
-            if self._cascading:
-                raise cascade.NotCascadable(f"{type(err).__name__}: {first_line(err)}") from err
-            self._turn_off(err)
-            return super()._prefill(seqs, width, cache)
-        cache.fill(layers)
-        if self._cascading:
-            groups, prefixes = self._layout.row_groups()
-            self._shared = cascade.Shared(prefixes, groups)
-        return logits
-
-    def _attend(self, groups: list[int], prefixes: list):
-        return cascade.attending(cascade.Shared(prefixes, groups), self._layers)
-
-    def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
-        if self._shared is None:
-            return super()._forward(ids, mask, positions, cache)
-        with cascade.attending(self._shared, self._layers):
-            return super()._forward(ids, mask, positions, cache)
-
-    def _remove(self, slot: int, active: list[Sequence], mask: torch.Tensor, cache: SlotCache) -> None:
-        super()._remove(slot, active, mask, cache)
-        if self._shared is not None:
-            self._shared.remove(slot)
-
-    def _turn_off(self, err: Exception) -> None:
-        self.broken = f"{type(err).__name__}: {first_line(err)}"
-        log.warning(
-            "prefix sharing fails on %s (%s): rows compute their whole prompts from now on",
-            type(self.model).__name__,
-            self.broken,
-        )
-
-    def _stepping(self, seqs: list[Sequence]):
-        """`_forward`, counting a step for the batch's calls after each pass (the watchdog's signal)."""
-
-        def forward(ids, mask, positions, cache) -> torch.Tensor:
-            logits = self._forward(ids, mask, positions, cache)
-            stepped(s.request for s in seqs)
-            return logits
-
-        return forward

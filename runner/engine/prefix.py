@@ -32,15 +32,11 @@ from dataclasses import dataclass
 
 import torch
 
-from runner.engine.architecture import cache_argument, forward_takes
 from runner.engine.batching import prefill_groups
+from runner.engine.forward import KV, Forward, prefill
 from runner.engine.kv_cache import full_cache
 
 log = logging.getLogger(__name__)
-
-KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) [rows, kv_heads, columns, head_dim]
-# (ids, attention mask, position ids, cache) -> float logits of each row's last position
-Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, object], torch.Tensor]
 
 
 @dataclass
@@ -241,34 +237,21 @@ class SharedPrefill:
         self, prompts: list[list[int]], shared: int, kv: KV | None, width: int, forward: Forward
     ) -> tuple[torch.Tensor, KV]:
         """Rows (longest first) left-padded together; their first `shared` columns from `kv`."""
-        from runner.engine.decode import left_pad
-
-        ids, mask = left_pad(prompts, self.pad_id, self.model.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # a row's positions start at its first real token
-        cache = full_cache(self.model.config)
+        cached = None
         if kv is not None:
-            shifts = [ids.shape[1] - len(p) for p in prompts]
+            shifts = [max(len(p) for p in prompts) - len(p) for p in prompts]
             self.reused += sum(max(shared - s, 0) for s in shifts)
-            for layer, (keys, values) in zip(cache.layers, kv, strict=True):
-                layer.update(shifted(keys, shifts), shifted(values, shifts))
-        logits = forward(ids[:, shared:], mask, positions[:, shared:], cache)
-        pad = width - ids.shape[1]
-        layers = [(_left(layer.keys, pad), _left(layer.values, pad)) for layer in cache.layers]
-        return logits, layers
+            cached = [(shifted(keys, shifts), shifted(values, shifts)) for keys, values in kv]
+        return prefill(self.model, forward, prompts, self.pad_id, width, skip=shared, cached=cached)
 
     def _suffixes(self, prompts: list[list[int]], shared: int, kv: KV, width: int, forward: Forward, attend):
         """Rows of one group prefilled past their `shared` prefix, attending to it through `attend`:
         their caches hold only the suffixes, left-padded to `width`."""
-        from runner.engine.decode import left_pad
-
-        ids, mask = left_pad([p[shared:] for p in prompts], self.pad_id, self.model.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0) + shared  # a suffix starts after the prefix
-        cache = full_cache(self.model.config)
+        suffixes = [p[shared:] for p in prompts]
         with attend([0] * len(prompts), [kv]):
-            logits = forward(ids, mask, positions, cache)
+            done = prefill(self.model, forward, suffixes, self.pad_id, width, offset=shared)
         self.reused += shared * len(prompts)
-        pad = width - ids.shape[1]
-        return logits, [(_left(layer.keys, pad), _left(layer.values, pad)) for layer in cache.layers]
+        return done
 
 
 @dataclass
@@ -334,29 +317,3 @@ def shifted(one: torch.Tensor, shifts: list[int]) -> torch.Tensor:
         - torch.tensor(shifts, device=one.device)[:, None]
     )
     return padded[:, columns].transpose(0, 1)
-
-
-def _left(tensor: torch.Tensor, pad: int) -> torch.Tensor:
-    return torch.nn.functional.pad(tensor, (0, 0, pad, 0)) if pad else tensor
-
-
-def last_logits(model, progress=None) -> Forward:
-    """A `Forward` returning float logits of each row's last position (computing only those when the
-    model's forward takes `logits_to_keep`); each call counts a step on `progress` (the watchdog's)."""
-    keep = {"logits_to_keep": 1} if forward_takes(model, "logits_to_keep") else {}
-    name = cache_argument(model)
-
-    def forward(ids, mask, positions, cache) -> torch.Tensor:
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **{name: cache},
-            **keep,
-        )
-        if progress is not None:
-            progress.step()
-        return out.logits[:, -1, :].float()
-
-    return forward

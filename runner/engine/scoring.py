@@ -29,10 +29,11 @@ from dataclasses import dataclass
 import torch
 
 from runner.config import BatchingConfig
-from runner.engine.architecture import Architecture, cache_argument, forward_takes, padded_refusal
+from runner.engine.architecture import Architecture, padded_refusal
+from runner.engine.forward import ModelCall
 from runner.engine.kv_cache import full_cache
 from runner.engine.memory import split_on_oom, token_budget
-from runner.engine.prefix import PrefixStore, SharedPrefill, common_length, last_logits
+from runner.engine.prefix import PrefixStore, SharedPrefill, common_length
 from runner.engine.types import Completion, Progress
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class LoglikelihoodScorer:
         self.batching = batching
         self.budget = token_budget(batching, model)
         self._lock = threading.Lock()  # one forward pass at a time: concurrent callers queue
-        self._keep = forward_takes(model, "logits_to_keep")
+        self._call = ModelCall(model)
         self.sharing = self._sharing(model, batching)
         self._context_saved = 0  # context tokens continuations took from their context's cache
 
@@ -177,7 +178,7 @@ class LoglikelihoodScorer:
         flat = [r for q in questions.values() for r in q]
         rows = torch.tensor([i for i, q in enumerate(questions.values()) for _ in q])
         with self._lock:
-            last, kv = self.sharing(contexts, width, None, last_logits(self.model, progress))
+            last, kv = self.sharing(contexts, width, None, self._call.counting(progress))
             rest = self._over_context(flat, rows, kv, width)
             self._context_saved += sum((len(q) - 1) * len(c) for c, q in questions.items())
         if progress is not None:
@@ -211,13 +212,7 @@ class LoglikelihoodScorer:
             mask[i, width - len(r.context_ids) :] = 1  # pads after a short continuation: never read
         starts = torch.tensor([len(r.context_ids) for r in flat])
         positions = starts[:, None] + torch.arange(length)[None]
-        logits = self.model(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=positions.to(device),
-            use_cache=True,
-            **{cache_argument(self.model): cache},
-        ).logits
+        logits = self._call.logits(ids.to(device), mask.to(device), positions.to(device), cache)
         return logits.float().log_softmax(-1)
 
     @staticmethod
@@ -239,13 +234,10 @@ class LoglikelihoodScorer:
             row = (r.context_ids + r.continuation_ids)[:-1]
             ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         with self._lock:
-            # An int (keep the last K positions) means the same to every model that takes it; an index
-            # tensor would be read as negative offsets by models that only expect an int.
-            kwargs = {"logits_to_keep": width - 1 - first} if self._keep else {}
-            logits = self.model(input_ids=ids.to(self.model.device), use_cache=False, **kwargs).logits
+            logits = self._call.logits(ids.to(self.model.device), keep=width - 1 - first)
         if progress is not None:
             progress.step()
-        offset = first if self._keep else 0
+        offset = first if self._call.keeps else 0
         return [self._result(r, logits[i], offset) for i, r in enumerate(batch)]
 
     @staticmethod
