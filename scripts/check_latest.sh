@@ -41,7 +41,7 @@ run() { echo "== $*"; "$@" || status=1; }
 if [ "${1:-}" = "--full" ]; then
   run python -m pytest -q
 else
-  run python -m pytest -q tests/test_compat.py tests/test_engine_failures.py \
+  run python -m pytest -q tests/test_compat.py tests/test_private_api.py tests/test_engine_failures.py \
     "tests/test_architectures.py::test_every_row_equals_the_unbatched_reference_or_is_refused_at_start" -k "compat or failures or llama or mamba"
   run runner run configs/demo.yaml --output "$work/demo" --set data.limit=20
   run runner eval configs/eval-demo.yaml --output "$work/eval"

@@ -1,4 +1,4 @@
-"""Every private or undocumented library API the project uses (runner/compat.py) still behaves.
+"""Every private or undocumented library API the project uses (runner/compat/) still behaves.
 
 Each test exercises one entry of runner.compat on the installed versions and fails naming the API and
 the version, so a new release that changes one says exactly what broke (scripts/check_latest.sh runs
@@ -19,7 +19,7 @@ TRANSFORMERS = f"transformers {compat.version('transformers')}"
 
 
 def broke(api: str, package: str = "transformers") -> str:
-    return f"{api} no longer behaves on {package} {compat.version(package)} (runner/compat.py)"
+    return f"{api} no longer behaves on {package} {compat.version(package)} (runner/compat/)"
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +106,67 @@ def test_per_sequence_attention_is_reached_by_continuous_batching(tiny_model):
         assert ours == expected, broke(f"the paged attention calling convention ({attention}: packed_call)")
 
 
+def test_packed_attention_calls_carry_their_sequence_lengths(tiny_model, monkeypatch):
+    """The packed layout's kwargs (cu_seq_lens_q/k, max_length_q/k) as continuous batching passes them
+    to an eager layer (our per-sequence attention reads them through compat.packed_lengths), and the
+    paged cache's `update(..., layer_idx=, kwargs=)` where the function writes the cache (<= 5.23)."""
+    from runner.engine import Engine, Request
+
+    seen, updates, real_lengths, real_update = [], [], compat.packed_lengths, compat.paged_update
+    monkeypatch.setattr(compat, "packed_lengths", lambda kw: seen.append(real_lengths(kw)) or seen[-1])
+    monkeypatch.setattr(compat, "paged_update", lambda *a: updates.append(1) or real_update(*a))
+    batching = BatchingConfig(strategy="continuous", token_budget=4096, max_batch_size=8)
+    engine = Engine(
+        ModelConfig(path=tiny_model, dtype="float32", attention="eager"), SamplingConfig(), batching
+    )
+    prompts = engine.tokenize(["Hello there", "The quick brown fox jumps over the lazy dog"])
+    done = engine.generate([Request(f"r{i}", p, 3) for i, p in enumerate(prompts)])
+    engine.close()
+    assert all(c.error is None for c in done)
+    assert seen, broke("the packed attention kwargs (cu_seq_lens_q/k)")
+    for cu_q, cu_k, max_q, max_k in seen:
+        assert cu_q[0] == 0 and bool((cu_q[1:] >= cu_q[:-1]).all()), broke("cu_seq_lens_q")
+        assert cu_k[0] == 0 and bool((cu_k[1:] >= cu_k[:-1]).all()), broke("cu_seq_lens_k")
+        # The longest lengths are what the varlen kernel is sized by (a bound, stated by the step).
+        assert max_q is None or int(max_q) >= 1, broke("max_length_q")
+        assert max_k is None or int(max_k) >= 1, broke("max_length_k")
+    if not compat.at_least("transformers", "5.24"):
+        assert updates, broke("PagedAttentionCache.update(..., layer_idx=, kwargs=)")
+
+
+def test_attention_functions_receive_their_layer_and_extras():
+    """What a model's layers pass an attention function (layer_idx on the module, sliding_window and
+    the other extras in kwargs), as runner.engine.cascade and paged_attention read them."""
+    from transformers import AttentionInterface, AutoModelForCausalLM, MistralConfig
+
+    config = MistralConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=4,
+    )
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    seen, original = [], AttentionInterface()["sdpa"]
+
+    def capture(module, query, key, value, attention_mask, **kwargs):
+        seen.append((compat.layer_index(module), compat.attention_extras(module, kwargs)))
+        return original(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("sdpa", capture)
+    try:
+        with torch.inference_mode():
+            model(input_ids=torch.tensor([[1, 2, 3]]))
+    finally:
+        AttentionInterface.register("sdpa", original)
+    assert [layer for layer, _ in seen] == [0, 1], broke("attention module.layer_idx")
+    assert all(extras["sliding_window"] == 4 for _, extras in seen), broke("the sliding_window kwarg")
+    assert all(extras["softcap"] is None and extras["sinks"] is None for _, extras in seen)
+
+
 def test_packed_call_recognises_only_continuous_batching_calls():
     assert compat.packed_call(None, {}) is None
     assert compat.packed_call(None, {"cu_seq_lens_q": torch.tensor([0, 1]), "position_ids": None}) is None
@@ -142,6 +203,57 @@ def test_sampled_continuous_rows_use_the_per_request_processor_interface(tiny_mo
     )
 
 
+def test_a_sampling_manager_states_its_per_request_keys(tiny_model):
+    """`logit_processor.supported_keys`: the per-request arguments a manager takes (runner.engine
+    .routing sends rows needing others to padded)."""
+    from runner.engine import Engine
+
+    batching = BatchingConfig(strategy="continuous", token_budget=4096, max_batch_size=8)
+    sampling = SamplingConfig(max_new_tokens=4, temperature=0.9, top_p=0.9, seed=3)
+    engine = Engine(ModelConfig(path=tiny_model, dtype="float32"), sampling, batching)
+    keys = compat.processor_keys(engine.generator.manager)
+    engine.close()
+    assert {"sample_key", "greedy", "temperature", "top_p"} <= keys, broke("logit_processor.supported_keys")
+
+
+def test_cache_layer_types_are_inferred_as_the_cache_does():
+    from transformers import LlamaConfig, MistralConfig
+
+    assert compat.layer_types(LlamaConfig(num_hidden_layers=2)) == ["full_attention"] * 2
+    assert (
+        compat.layer_types(MistralConfig(num_hidden_layers=2, sliding_window=16)) == ["sliding_attention"] * 2
+    ), broke("cache_utils.get_layer_types_and_kwargs")
+
+
+def test_own_cache_layers_are_read_by_the_model(model):
+    """A DynamicCache whose layers were replaced (full columns; our slot layers) gives the logits of
+    transformers' own cache, at the prefill and at a decode step (runner.engine.kv_cache)."""
+    from transformers import DynamicCache
+
+    from runner.engine.forward import ModelCall
+    from runner.engine.kv_cache import SlotCache, full_cache
+
+    call, prompt, step = ModelCall(model), torch.tensor([[5, 9, 2, 7, 3]]), torch.tensor([[11]])
+    assert compat.dynamic_layer_base().__name__ == "DynamicLayer", broke("transformers.DynamicLayer")
+    with torch.inference_mode():
+        theirs, ours = DynamicCache(config=model.config), full_cache(model.config)
+        expected = [call.logits(prompt, cache=theirs), call.logits(step, cache=theirs)]
+        got = [call.logits(prompt, cache=ours)]
+        slots = SlotCache(model.config, 8)
+        slots.fill([(layer.keys, layer.values) for layer in ours.layers])
+        got.append(call.logits(step, cache=slots))
+    for a, b in zip(expected, got, strict=True):
+        assert torch.allclose(a, b, atol=1e-5), broke("DynamicCache.layers / DynamicLayer")
+
+
+def test_remote_code_model_class_is_found_without_loading(tmp_path):
+    (tmp_path / "modeling_tiny.py").write_text(
+        "from transformers import LlamaForCausalLM\n\n\nclass TinyRemote(LlamaForCausalLM):\n    pass\n"
+    )
+    found = compat.remote_model_class("modeling_tiny.TinyRemote", str(tmp_path), None)
+    assert found.__name__ == "TinyRemote", broke("dynamic_module_utils.get_class_from_dynamic_module")
+
+
 def test_adapter_flag_and_peft_floor(model):
     from transformers.integrations import peft as hf_peft
 
@@ -166,6 +278,13 @@ def test_ray_actor_table_lists_actors_and_restarts(ray_cpu):
     assert table is not None, broke("ray._private.state.actors", "ray")
     mine = [info for info in table.values() if "ProbeStage" in info["class"]]
     assert mine and mine[0]["restarts"] == 0, broke("ray._private.state.actors NumRestarts", "ray")
+
+
+def test_read_task_metadata_is_accepted_by_ray_data():
+    from ray.data import ReadTask
+
+    task = ReadTask(lambda: [], compat.read_task_metadata())
+    assert task.metadata.num_rows is None, broke("ray.data.block.BlockMetadata", "ray")
 
 
 def test_json_length_strings_exclude_control_characters():
@@ -205,4 +324,19 @@ def test_meta_model_sizing_and_placement_as_loading_does():
     assert "Linear4bit" in kinds, broke("HfQuantizer.preprocess_model")
     assert compat.module_sizes(quantized, quantizer)[""] < sizes[""] / 2, broke(
         "compute_module_sizes(quantizer)"
+    )
+
+
+def test_ray_working_dir_files_are_what_the_upload_would_ship(tmp_path):
+    (tmp_path / "job.py").write_text("x")
+    (tmp_path / "weights.bin").write_text("x")
+    (tmp_path / ".gitignore").write_text("weights.bin\n")
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "scratch" / "notes.txt").write_text("x")
+    shipped = {
+        p.relative_to(tmp_path).as_posix() for p in compat.ray_working_dir_files(str(tmp_path), ["scratch"])
+    }
+    assert "job.py" in shipped, broke("ray._private.runtime_env.packaging._dir_travel", "ray")
+    assert "weights.bin" not in shipped and "scratch/notes.txt" not in shipped, broke(
+        "ray._private.runtime_env.packaging._get_excludes / .gitignore", "ray"
     )

@@ -69,13 +69,8 @@ def _default_cache(model) -> bool:
 
 
 def layer_types(config) -> list[str]:
-    """Each layer's cache type, as transformers' DynamicCache infers it (cache_utils.get_layer_types_and_kwargs)."""
-    from transformers.cache_utils import get_layer_types_and_kwargs
-
-    try:
-        return list(get_layer_types_and_kwargs(config)[0])
-    except (AttributeError, TypeError):  # a config without per-layer information (older remote code)
-        return list(getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers)
+    """Each layer's cache type, as transformers' DynamicCache infers it (runner.compat)."""
+    return compat.layer_types(config)
 
 
 def rope_types(config) -> set[str]:

@@ -130,14 +130,12 @@ def install() -> None:
 
 def _cascade(shared: Shared, module, query, key, value, attention_mask, scaling, kwargs: dict):
     """[rows, heads, q, dim] queries over each row's prefix and own keys -> ([rows, q, heads, dim], None)."""
-    for name in ("softcap", "s_aux", "position_bias", "sliding_window"):
-        if kwargs.get(name) is not None:
+    for name, value in compat.attention_extras(module, kwargs).items():
+        if value is not None:
             raise NotCascadable(f"the layer passes {name}")
-    if getattr(module, "sinks", None) is not None:
-        raise NotCascadable("the layer has attention sinks")
     global calls
     calls += 1
-    layer = module.layer_idx
+    layer = compat.layer_index(module)
     shared.layers.add(layer)
     rows, heads, q_len, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]

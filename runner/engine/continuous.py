@@ -87,7 +87,7 @@ class _Call:
 
 def cb_config(model, batching: BatchingConfig):
     """transformers' ContinuousBatchingConfig for this device: CUDA sizes itself from free memory."""
-    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+    from transformers import ContinuousBatchingConfig
 
     kwargs = {
         "max_requests_per_batch": batching.max_batch_size,
@@ -193,7 +193,7 @@ class ContinuousGenerator:
         Rows that need per-row host state (grammar, penalties) run in a padded generator: see routing."""
         if not requests:
             return []
-        keys = set(getattr(self.manager.logit_processor, "supported_keys", {}))
+        keys = compat.processor_keys(self.manager)
         return split_run(
             requests,
             lambda r: needs_padded(r, self.sampling, keys),

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+
+from runner import compat
 
 
-class SlotLayer(DynamicLayer):
+class SlotLayer(compat.dynamic_layer_base()):
     """One layer's keys and values in a fixed-capacity buffer."""
 
     def __init__(self, capacity: int):
@@ -70,9 +71,7 @@ class SlotLayer(DynamicLayer):
 
 def full_cache(model_config) -> DynamicCache:
     """A DynamicCache for this model whose every layer keeps all its columns (see the module docstring)."""
-    cache = DynamicCache(config=model_config)
-    cache.layers = [DynamicLayer() for _ in cache.layers]
-    return cache
+    return compat.cache_with_layers(DynamicCache(config=model_config), compat.dynamic_layer_base())
 
 
 class SlotCache(DynamicCache):
@@ -80,7 +79,7 @@ class SlotCache(DynamicCache):
 
     def __init__(self, model_config, capacity: int):
         super().__init__(config=model_config)
-        self.layers = [SlotLayer(capacity) for _ in self.layers]
+        compat.cache_with_layers(self, lambda: SlotLayer(capacity))
 
     def fill(self, prefilled: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Load every layer from prefilled (keys, values)."""

@@ -234,7 +234,6 @@ def load_tokenizer(model: ModelConfig):
 def model_class(model: ModelConfig):
     """The class AutoModelForCausalLM would instantiate for this model (its config only is read)."""
     from transformers import AutoConfig
-    from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
     path = resolve_path(model.path)
     try:
@@ -245,7 +244,7 @@ def model_class(model: ModelConfig):
         raise ConfigError(f"model.path: cannot load {model.path!r}: {first_line(err)}") from None
     remote = (getattr(config, "auto_map", None) or {}).get("AutoModelForCausalLM")
     if remote and model.trust_remote_code:
-        return get_class_from_dynamic_module(remote, path, revision=model.revision)
+        return compat.remote_model_class(remote, path, model.revision)
     try:
         return compat.causal_lm_class(config)
     except KeyError:

@@ -53,14 +53,15 @@ def _torch_varlen(query, key, value, kwargs: dict, scaling, window: int | None) 
     """[1, heads, q, d] -> [1, q, heads, d] with PyTorch's varlen FlashAttention (bottom-right causal)."""
     from torch.nn.attention.varlen import varlen_attn
 
+    cu_q, cu_k, max_q, max_k = compat.packed_lengths(kwargs)
     out = varlen_attn(
         query[0].transpose(0, 1),
         key[0].transpose(0, 1),
         value[0].transpose(0, 1),
-        kwargs["cu_seq_lens_q"].to(torch.int32),
-        kwargs["cu_seq_lens_k"].to(torch.int32),
-        int(kwargs["max_length_q"]),
-        int(kwargs["max_length_k"]),
+        cu_q.to(torch.int32),
+        cu_k.to(torch.int32),
+        int(max_q),
+        int(max_k),
         scale=scaling,
         window_size=(window - 1 if window else -1, 0),
         enable_gqa=key.shape[1] != query.shape[1],
@@ -106,8 +107,7 @@ def _sequence_loop(query, key, value, kwargs: dict, scaling, layer: dict | None 
     window, softcap, sinks = layer.get("window"), layer.get("softcap"), layer.get("sinks")
     eager = layer.get("eager") or softcap is not None or sinks is not None
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    cu_q = kwargs["cu_seq_lens_q"].tolist()
-    cu_k = kwargs["cu_seq_lens_k"].tolist()
+    cu_q, cu_k = (lengths.tolist() for lengths in compat.packed_lengths(kwargs)[:2])
     out = torch.zeros_like(query)  # positions past the last sequence (graph padding) stay defined
     for q0, q1, k0, k1 in zip(cu_q, cu_q[1:], cu_k, cu_k[1:], strict=False):
         q_len, k_len = q1 - q0, k1 - k0
@@ -126,16 +126,11 @@ def _sequence_loop(query, key, value, kwargs: dict, scaling, layer: dict | None 
 
 def _layer_attention(module, cache, kwargs: dict, eager: bool) -> dict:
     """What this layer's attention computes besides causal softmax: window, softcap, sinks."""
-    sinks = kwargs.get("s_aux")
-    window = kwargs.get("sliding_window")
+    extras = compat.attention_extras(module, kwargs)
+    window = extras["sliding_window"]
     if window is None and cache is not None:
-        window = compat.paged_layer_window(cache, module.layer_idx)
-    return {
-        "window": window,
-        "softcap": kwargs.get("softcap"),
-        "sinks": sinks if sinks is not None else getattr(module, "sinks", None),
-        "eager": eager,
-    }
+        window = compat.paged_layer_window(cache, compat.layer_index(module))
+    return {"window": window, "softcap": extras["softcap"], "sinks": extras["sinks"], "eager": eager}
 
 
 def _paged(module, query, key, value, cache, scaling, kwargs: dict, eager: bool):
@@ -144,9 +139,7 @@ def _paged(module, query, key, value, cache, scaling, kwargs: dict, eager: bool)
     layer already did (>= 5.24; see runner.compat.packed_call)."""
     layer = _layer_attention(module, cache, kwargs, eager)
     if cache is not None:
-        key, value = cache.update(
-            key_states=key, value_states=value, layer_idx=module.layer_idx, kwargs=kwargs
-        )
+        key, value = compat.paged_update(cache, module, key, value, kwargs)
     global calls
     calls += 1
     plain = not (eager or layer["softcap"] is not None or layer["sinks"] is not None)
@@ -161,8 +154,8 @@ def _transformers_exact(module, kwargs: dict, eager: bool) -> bool:
     equal to padded on every row and 3.7x the tokens/s of the per-sequence loop, whose Python loop per
     sequence and layer costs more than the dense mask it saves at these sizes. Its eager path ignores
     soft-capping (integrations/eager_paged.py) and a sink-less SDPA has no sinks: those stay ours."""
-    softcap, sinks = kwargs.get("softcap"), kwargs.get("s_aux")
-    return not eager and softcap is None and sinks is None and getattr(module, "sinks", None) is None
+    extras = compat.attention_extras(module, kwargs)
+    return not eager and extras["softcap"] is None and extras["sinks"] is None
 
 
 def install() -> None:

@@ -12,7 +12,7 @@ Continuous:
 The manager samples with `torch.multinomial` on one global generator, so which token a row draws
 depends on which other rows share its step: not reproducible in a batch job. We build the manager's
 processor list ourselves instead: transformers' per-request temperature / top-k / top-p warpers, then
-`KeyedGumbel`, which adds the same keyed noise the padded strategy uses; the manager (do_sample off)
+`keyed_gumbel`, which adds the same keyed noise the padded strategy uses; the manager (do_sample off)
 takes the argmax, which is then an exact, reproducible sample. All of it is tensor code, so it also
 runs inside the manager's CUDA graphs.
 """
@@ -84,7 +84,7 @@ class RowProcessors:
             self._grammars.accept(seqs, chosen)
 
     def _penalize(self, scores: torch.Tensor, seq) -> torch.Tensor:
-        from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+        from transformers import RepetitionPenaltyLogitsProcessor
 
         s = self.sampling
         if s.repetition_penalty != 1.0:
@@ -101,47 +101,26 @@ def _as_int32(key: int) -> int:
     return key - (1 << 32) if key >= (1 << 31) else key
 
 
-def _keyed_gumbel_class():
-    base, _ = compat.cb_processor_base()
+def keyed_gumbel():
+    """A per-request continuous batching processor adding Gumbel noise keyed by (request sample key,
+    token position): see runner.engine.sampling."""
 
-    class KeyedGumbel(base):
-        """Adds Gumbel noise keyed by (request sample key, token position): see runner.engine.sampling."""
+    def key(kwargs: dict, position: int) -> int:
+        # position_offset was just advanced past this step's query: it is the new token's position.
+        # A row whose own temperature is 0 (greedy) gets key 0 = no noise (its warpers are neutral).
+        return 0 if kwargs.get("greedy") else _as_int32(step_key(kwargs.get("sample_key", 0), position))
 
-        supported_kwargs = {"sample_key": int, "greedy": bool}
-        ignored_kwargs = ()
+    def add_noise(scores: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        return scores + gumbel_noise(keys, scores.size(-1)) * (keys != 0).unsqueeze(-1)
 
-        def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
-            int32_tensor.fill_(0)
-
-        def prepare_tensor_args(self, requests_with_new_token) -> torch.Tensor:
-            # position_offset was just advanced past this step's query: it is the new token's position.
-            # A row whose own temperature is 0 (greedy) gets key 0 = no noise (its warpers are neutral).
-            keys = []
-            for r in requests_with_new_token:
-                kwargs, position = compat.request_processor_state(r)
-                greedy = kwargs.get("greedy")
-                keys.append(0 if greedy else _as_int32(step_key(kwargs.get("sample_key", 0), position)))
-            return torch.tensor(keys, dtype=torch.int32)
-
-        def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
-            keys = tensor_arg[: scores.size(0)].to(torch.int64)
-            noise = gumbel_noise(keys, scores.size(-1))
-            return scores + noise * (keys != 0).unsqueeze(-1)
-
-    return KeyedGumbel
+    return compat.per_request_processor({"sample_key": int, "greedy": bool}, key, add_noise)
 
 
 def sampling_processors(sampling: SamplingConfig):
     """The continuous batching processor list for a sampling config (warpers, then keyed noise)."""
-    from transformers.generation.logits_process import LogitsProcessorList
+    from transformers import LogitsProcessorList
 
-    _, ContinuousBatchingLogitsProcessorList = compat.cb_processor_base()
-
-    chain = LogitsProcessorList([*warpers(sampling), _keyed_gumbel_class()()])
-    processors = ContinuousBatchingLogitsProcessorList(chain, per_request_processors=True)
-    # The list only counts the warpers it converted itself; our processor needs its own argument row.
-    processors.tensors_required += 1
-    return processors
+    return compat.per_request_processor_list(LogitsProcessorList([*warpers(sampling), keyed_gumbel()]))
 
 
 def row_kwargs(sampling: SamplingConfig, seq) -> dict:

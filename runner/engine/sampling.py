@@ -94,7 +94,7 @@ def row_params(sampling: SamplingConfig, request: Request) -> Params:
 @lru_cache(maxsize=256)
 def params_warpers(params: Params) -> tuple:
     """transformers' warpers for one set of values, in `generate`'s order (none when greedy)."""
-    from transformers.generation.logits_process import (
+    from transformers import (
         MinPLogitsWarper,
         TemperatureLogitsWarper,
         TopKLogitsWarper,

@@ -207,7 +207,8 @@ class _Source:
 
     def __new__(cls, plan: _Plan, chunks: list[Chunk]):
         from ray.data import Datasource, ReadTask
-        from ray.data.block import BlockMetadata  # a Ray DeveloperAPI: how a ReadTask states its size
+
+        from runner import compat
 
         class ChunkSource(Datasource):
             def estimate_inmemory_data_size(self):
@@ -217,7 +218,7 @@ class _Source:
                 return [
                     ReadTask(
                         functools.partial(_read_chunk, plan, chunk),
-                        BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None),
+                        compat.read_task_metadata(),
                     )
                     for chunk in chunks
                 ]
