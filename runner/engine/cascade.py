@@ -130,8 +130,8 @@ def install() -> None:
 
 def _cascade(shared: Shared, module, query, key, value, attention_mask, scaling, kwargs: dict):
     """[rows, heads, q, dim] queries over each row's prefix and own keys -> ([rows, q, heads, dim], None)."""
-    for name, value in compat.attention_extras(module, kwargs).items():
-        if value is not None:
+    for name, extra in compat.attention_extras(module, kwargs).items():
+        if extra is not None:
             raise NotCascadable(f"the layer passes {name}")
     global calls
     calls += 1
