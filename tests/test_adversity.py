@@ -23,6 +23,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+pytestmark = pytest.mark.slow  # many real drivers racing for one directory
+
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = [sys.executable, str(REPO / "tests" / "lease_driver.py")]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -9,6 +9,8 @@ from jobs.generate.job import run
 from runner.errors import ConfigError
 from tests.test_job_ray import job_config
 
+pytestmark = pytest.mark.slow  # whole jobs on a Ray with fake GPUs
+
 
 @pytest.fixture(scope="module")
 def two_node_cluster():

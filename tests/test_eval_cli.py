@@ -59,6 +59,7 @@ def nights(tmp_path_factory) -> dict:
     return paths
 
 
+@pytest.mark.slow
 def test_a_nightly_suite_records_runs_compares_and_gates(ray_cpu, nights, tmp_path, capsys):
     suite = tmp_path / "suite"
     assert main(["eval", str(nights["one"]), "--suite", str(suite), "--run-name", "night1"]) == 0

@@ -18,6 +18,8 @@ from runner.config import JobConfig, build_config
 from runner.io.inputs import read_input
 from tests.conftest import PROMPTS, write_jsonl
 
+pytestmark = pytest.mark.slow  # whole eval jobs on Ray
+
 MODEL = {"path": "demo:tiny-llama", "dtype": "float32"}
 SAMPLING = {"max_new_tokens": 8}
 TEMPLATE = "Q: {{ question }}\nA:"

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # lm-eval and runner eval over the same tasks
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "crosscheck_lm_eval.py"
 
 

@@ -27,6 +27,8 @@ from runner.job import Job
 from runner.summary import JobStats, build_summary
 from tests.conftest import PROMPTS, write_jsonl
 
+pytestmark = pytest.mark.slow  # whole jobs on a Ray with crashing replicas
+
 CRASH_PLAN = "RUNNER_TEST_CRASH_PLAN"
 
 

@@ -25,6 +25,8 @@ from runner.engine.types import RowSampling
 from runner.errors import ConfigError
 from tests.conftest import PROMPTS
 
+pytestmark = pytest.mark.slow  # every generation option against its reference, per strategy
+
 STRATEGIES = ["padded", "continuous"]
 
 

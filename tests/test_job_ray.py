@@ -10,6 +10,8 @@ import pytest
 from jobs.generate.job import run
 from runner.config import build_config
 
+pytestmark = pytest.mark.slow  # whole jobs on a Ray with fake GPUs
+
 
 @pytest.fixture(scope="module")
 def ray_two_gpus():

@@ -199,6 +199,7 @@ def test_buffered_rows_are_committed_after_flush_seconds_not_rows_per_file(tmp_p
     assert sorted(os.listdir(tmp_path)) == ["part-00000.parquet", "part-00001.parquet"]
 
 
+@pytest.mark.slow
 def test_two_real_drivers_on_one_directory_one_runs_the_other_exits_2(tmp_path):
     source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"{PROMPTS[i % 4]} {i}"} for i in range(16)])
     config = {

@@ -20,6 +20,8 @@ import pytest
 
 from tests.conftest import write_jsonl
 
+pytestmark = pytest.mark.slow  # multi-node Ray clusters, nodes killed mid-job
+
 REPO = Path(__file__).resolve().parent.parent
 ROWS = 120
 

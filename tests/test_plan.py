@@ -312,6 +312,7 @@ def fake_gpu_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_cluster_hardware_reads_gpus_and_memory_from_the_ray_nodes(fake_gpu_ray, capsys):
     from runner import cluster
     from runner.cli import main
@@ -356,6 +357,7 @@ def test_a_job_that_does_not_fit_fails_at_start_before_loading(fake_gpu_ray, tmp
     assert not (tmp_path / "out" / "_job.json").exists()
 
 
+@pytest.mark.slow
 def test_auto_placement_is_used_by_the_job(fake_gpu_ray, tmp_path, caplog, tiny_model):
     from jobs.generate.job import run
 

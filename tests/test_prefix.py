@@ -481,6 +481,7 @@ def _config(source, out):
     )
 
 
+@pytest.mark.slow
 def test_a_job_reports_the_prompt_tokens_it_reused_in_its_summary(ray_cpu, tmp_path):
     from jobs.generate.job import run
 

@@ -25,6 +25,8 @@ import yaml
 from runner.cli import build_parser
 from tests.conftest import write_jsonl
 
+pytestmark = pytest.mark.slow  # Slurm recipe runs: multi-node Ray clusters started by the script
+
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "scripts" / "cluster"
 

@@ -23,6 +23,8 @@ from runner import submit
 from runner.config import load_config
 from tests.conftest import write_jsonl
 
+pytestmark = pytest.mark.slow  # Ray clusters with a dashboard and jobs submitted through it
+
 REPO = Path(__file__).resolve().parent.parent
 DEMO = "configs/demo.yaml"
 PADDED = ["--set", "batching.strategy=padded", "--env", "RUNNER_CACHE"]
