@@ -305,6 +305,18 @@ SPECS = [
 ]
 BY_NAME = {s.name: s for s in SPECS}
 
+# The inner loop (`pytest -m "not slow"`) runs the matrix for one architecture of each kind the engine
+# treats apart: plain grouped-query attention, sliding windows with soft-capping, learned positions,
+# ALiBi (refused) and a state-space model (refused); the whole suite runs every architecture.
+INNER_LOOP = ("llama", "gemma2", "gpt2", "bloom", "mamba")
+
+
+def params(specs: list[Spec]) -> list:
+    """`specs` as pytest parameters named after the architecture, those outside `INNER_LOOP` marked slow."""
+    import pytest
+
+    return [pytest.param(s, id=s.name, marks=() if s.name in INNER_LOOP else pytest.mark.slow) for s in specs]
+
 
 def build_tokenizer(root: Path, variant: str):
     """The demo's BPE tokenizer, adjusted to a variant (no pad token, no BOS)."""

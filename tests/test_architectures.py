@@ -80,7 +80,7 @@ def _refuses(spec, strategy: str) -> bool:
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+@pytest.mark.parametrize("spec", arch_models.params(SPECS))
 def test_every_row_equals_the_unbatched_reference_or_is_refused_at_start(spec, strategy, built, expected):
     outcome = arch_models.run(built(spec.name), strategy, expected(spec.name))
     broken = LIBRARY_BREAKS.get((spec.name, strategy))

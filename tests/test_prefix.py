@@ -322,7 +322,7 @@ def arch_root(tmp_path_factory):
     return tmp_path_factory.mktemp("prefix-architectures")
 
 
-@pytest.mark.parametrize("spec", PADDED_SPECS, ids=[s.name for s in PADDED_SPECS])
+@pytest.mark.parametrize("spec", arch_models.params(PADDED_SPECS))
 def test_every_padded_architecture_shares_a_prefix_longer_than_its_window_exactly(spec, arch_root):
     from transformers import AutoModelForCausalLM
 
@@ -357,7 +357,7 @@ def test_every_padded_architecture_shares_a_prefix_longer_than_its_window_exactl
 CONTINUOUS_SPECS = [s for s in arch_models.SPECS if "continuous" not in s.refuses]
 
 
-@pytest.mark.parametrize("spec", CONTINUOUS_SPECS, ids=[s.name for s in CONTINUOUS_SPECS])
+@pytest.mark.parametrize("spec", arch_models.params(CONTINUOUS_SPECS))
 def test_continuous_shares_cached_blocks_exactly_or_says_it_cannot(spec, arch_root, caplog):
     """transformers' block sharing: a row whose prompt starts with the cached pages of an earlier one
     (here: the system prompt alone, run first) reuses them; a sliding-window model runs unshared."""
