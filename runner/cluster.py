@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from runner import compat, errors, logs
+from runner import compat, errors, logs, startup_trace
 from runner.config import JobConfig, PlacementConfig, RayConfig, RetryConfig
 from runner.errors import ConfigError, ReplicaFailed, RunnerError, first_line, root_cause
 
@@ -40,10 +40,12 @@ def connect(cfg: RayConfig) -> None:
         # A runner-started Ray serves this machine only: keep it on loopback (Ray otherwise
         # advertises the machine's routable IP). Read by Ray at import, so set before importing it.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    startup_trace.mark("driver: importing ray")
     import ray
 
     if ray.is_initialized():
         return
+    startup_trace.mark("driver: ray.init")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     main = threading.current_thread() is threading.main_thread()
     # ray.init replaces the SIGTERM handler with one that exits with code 15; a job's own handler
@@ -51,6 +53,7 @@ def connect(cfg: RayConfig) -> None:
     previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
         _init(ray, cfg)
+        startup_trace.mark("driver: ray.init done")
         logs.announce()
     except SystemExit as err:
         # A SIGTERM while ray.init runs meets Ray's handler (sys.exit(15): a silent exit); the job's
@@ -236,6 +239,7 @@ def run_stage(table, cfg: JobConfig, pool: Pool, stage: type) -> Iterator[pa.Tab
     """Stream output batches of `stage` (a job kind's Ray Data UDF class, constructed with `cfg=` and
     `cpu_threads=` on each replica) run by the replica pool over `table` (a table, or a streamed
     input's `Pending` rows)."""
+    startup_trace.mark("driver: planning the Ray Data dataset")
     import ray.data
 
     rows, in_flight = cfg.batching.rows_per_task, cfg.batching.batches_in_flight
@@ -268,4 +272,8 @@ def run_stage(table, cfg: JobConfig, pool: Pool, stage: type) -> Iterator[pa.Tab
         num_cpus=pool.cpus_per_replica,
         **replica_remote_args(cfg.retries),
     )
-    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
+    for i, batch in enumerate(ds.iter_batches(batch_format="pyarrow", batch_size=None)):
+        if i == 0:
+            startup_trace.mark("driver: first output batch")
+        yield batch
+    startup_trace.mark("driver: last output batch")

@@ -11,10 +11,12 @@ merge across the boundary is scored as the model would see it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.eval.config import ScoringConfig
-from runner.engine.scoring import ScoreRequest, ScoreResult
+
+if TYPE_CHECKING:  # the engine's scoring imports torch: the driver imports this module, never runs it
+    from runner.engine.scoring import ScoreRequest, ScoreResult
 
 
 @dataclass
@@ -59,6 +61,8 @@ def gold_index(target: Any, choices: list[str], column: str) -> int:
 
 def question(row: dict, context: str, cfg: ScoringConfig, tokenize) -> Question:
     """The score requests of one row; ValueError (a one-line reason) for a malformed row."""
+    from runner.engine.scoring import ScoreRequest
+
     choices = row.get(cfg.choices_column)
     if (
         not isinstance(choices, list)

@@ -27,6 +27,7 @@ from jobs.generate.stage import (
     set_cpu_threads,
     with_prefix_count,
 )
+from runner import startup_trace
 from runner.config import JobConfig
 from runner.io.outputs import INPUT_ERROR
 from runner.output_schema import result_fields
@@ -155,11 +156,13 @@ class EvalStage:
     def __init__(self, cfg: EvalConfig, engine: Engine | None = None, cpu_threads: int | None = None):
         from runner.engine import Engine
 
+        startup_trace.mark("replica: stage constructed (its modules imported)")
         self.cpu_threads = set_cpu_threads(cpu_threads) if cpu_threads else None
         self.reporter = Reporter(cfg.output.path if engine is None else None)
         self.replica = replica_label()
         self.reporter.starting(self.replica)
         self.engine = engine or Engine(cfg.model, cfg.sampling, cfg.batching, cfg.placement)
+        startup_trace.mark("replica: model loaded")
         self.reporter.ready(describe(self.engine))
         self.schema = output_schema(cfg)
         self.tasks = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from runner import startup_trace
 from runner.cli import options
 
 
@@ -31,8 +32,10 @@ def execute(args: argparse.Namespace) -> int:
     from runner.summary import one_line
 
     cfg = load_config(args.config, options.overrides(args), kind=config_class())
+    startup_trace.mark("driver: config loaded")
     summary = run(
         cfg, overwrite=args.overwrite, max_error_rate=args.max_error_rate, retry_errors=args.retry_errors
     )
+    startup_trace.mark("driver: job done (summary written)")
     print(one_line(summary, cfg.output.path))
     return 0

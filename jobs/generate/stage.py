@@ -19,6 +19,7 @@ import pyarrow as pa
 from jobs.generate.extra_outputs import ExtraColumns
 from jobs.generate.prompts import PromptBuilder, RowError
 from jobs.generate.row_options import RowOptions
+from runner import startup_trace
 from runner.config import JobConfig
 from runner.engine import Completion, Request
 from runner.engine.types import Progress
@@ -139,6 +140,7 @@ class GenerationStage:
         """`cpu_threads`: torch threads for a replica computing on CPU, its share of the node's cores."""
         from runner.engine import Engine
 
+        startup_trace.mark("replica: stage constructed (its modules imported)")
         self.cpu_threads = set_cpu_threads(cpu_threads) if cpu_threads else None
         self.cfg = cfg
         # A stage given an engine is part of another (eval's), which reports for it.
@@ -146,6 +148,7 @@ class GenerationStage:
         self.replica = replica_label()
         self.reporter.starting(self.replica)
         self.engine = engine or Engine(cfg.model, cfg.sampling, cfg.batching, cfg.placement)
+        startup_trace.mark("replica: model loaded")
         self.reporter.ready(describe(self.engine))
         self.prompts = PromptBuilder(cfg.data.prompt, self.engine.tokenizer)
         self.options = RowOptions(cfg)  # per-row sampling / schema / adapter columns
@@ -200,6 +203,7 @@ class GenerationStage:
         self.reporter.add(len(rows) - len(requests), len(rows) - len(requests), 0)  # rows that never ran
         if len(isolated) == len(requests):  # every row failed alone: the engine is broken, not the rows
             isolated.clear()
+        startup_trace.mark("replica: batch done")
         return with_prefix_count(self._output(batch, rows, done, isolated, took), self.engine)
 
     def _report(self, part: list[Request], done: dict) -> None:

@@ -19,7 +19,7 @@ import importlib
 import traceback
 from types import ModuleType
 
-from runner import logs, secret_env
+from runner import logs, secret_env, startup_trace
 from runner.errors import ConfigError, first_line, root_cause
 from runner.signals import Interrupted, exit_within
 
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    startup_trace.mark("driver: CLI imported", at_exit="driver: exit (after Ray's shutdown)")
     args = build_parser().parse_args(argv)
     logs.setup(verbose=getattr(args, "verbose", False), debug=getattr(args, "debug", False))
     try:

@@ -15,7 +15,6 @@ from runner.config import JobConfig
 from runner.errors import ConfigError, first_line
 from runner.planning import plan
 from runner.planning.hardware import MEMORY_LABEL, Hardware
-from runner.planning.report import verdict_line
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +36,8 @@ def start_check(cfg: JobConfig, hardware: Hardware) -> JobConfig:
     result = _plan(cfg, hardware, auto)
     if result is None:
         return cfg
+    from runner.planning.report import verdict_line  # imports torch: only once a plan is made
+
     line = verdict_line(result)
     log.info("plan: %s", line)
     if result.verdict == "no":
