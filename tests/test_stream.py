@@ -33,9 +33,11 @@ def local_ray():
     ray.shutdown()
 
 
-@pytest.fixture(autouse=True)
-def tiny_chunks(monkeypatch):
+@pytest.fixture(autouse=True, params=["workers", "driver"])
+def tiny_chunks(monkeypatch, request):
     monkeypatch.setattr(chunks, "CHUNK_BYTES", 64)
+    # Both ways of reading give the same rows: read tasks, and a small input read on the driver.
+    monkeypatch.setattr(stream, "SMALL_INPUT_ROWS", 0 if request.param == "workers" else 10**6)
 
 
 def streamed(cfg: DataConfig, done: list[str] | None = None) -> list[dict]:

@@ -181,6 +181,7 @@ class GenerationStage:
             )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        startup_trace.mark("replica: batch in")
         self.watchdog.restart_if_broken()
         if self.cpu_threads:  # Ray runs concurrent batches on threads of its own: set in each
             set_cpu_threads(self.cpu_threads)

@@ -38,6 +38,11 @@ from runner.io.outputs import INPUT_ERROR
 from runner.io.rows import conform
 
 BLOCK_ROWS = 8192
+# An input this small is read on the driver (the same read-task body, run in-process) and handed to
+# Ray Data as ready blocks: read tasks would start only once every replica has loaded its model
+# (the pool waits for its actors before dispatching) and need a worker of their own, seconds of a
+# short job's start-up; a few thousand rows of prompts are little memory.
+SMALL_INPUT_ROWS = 4096
 
 
 @dataclass
@@ -63,7 +68,8 @@ class StreamedInput:
         return self.total_rows
 
     def dataset(self, done_ids: pa.Array | None = None, block_rows: int = BLOCK_ROWS):
-        """A Ray Dataset of the rows not in `done_ids`, `id` first; read on the workers as consumed."""
+        """A Ray Dataset of the rows not in `done_ids`, `id` first; read on the workers as consumed
+        (a small input: read here, `SMALL_INPUT_ROWS`)."""
         import ray
         import ray.data
 
@@ -82,6 +88,10 @@ class StreamedInput:
             chunks = self.chunks
         if self.cfg.limit is not None:
             chunks = [c for c in chunks if c.first_row < self.cfg.limit]
+        if self.total_rows <= SMALL_INPUT_ROWS:
+            blocks = [block for chunk in chunks for block in _read_chunk(plan, chunk)]
+            if blocks:
+                return ray.data.from_blocks(blocks)
         ds = ray.data.read_datasource(_Source(plan, chunks), override_num_blocks=max(1, len(chunks)))
         # A read task's output is merged into blocks of up to Ray Data's target size (128 MB); cut it
         # back to `block_rows` (streaming), so every replica gets batches from the first one on.
