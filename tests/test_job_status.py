@@ -100,6 +100,8 @@ def test_the_cli_reads_a_directory_by_path_and_by_uri(tmp_path):
         assert text.stdout.startswith(f"{target}: done, 100/100 rows done, 2 errors")
     as_json = json.loads(runner("status", str(tmp_path / "out"), "--json").stdout)
     assert as_json["state"] == "done" and as_json["rows_error"] == 2
+    missing = runner("status", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and missing.stderr.strip().endswith("nope: no such output directory")
 
 
 def runner(*args: str) -> subprocess.CompletedProcess:

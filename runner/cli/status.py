@@ -46,8 +46,11 @@ def execute(args: argparse.Namespace) -> int:
 
 
 def is_directory(target: str) -> bool:
-    """An output directory: a URI, or a local directory (a config is a file, an id is neither)."""
-    return "://" in target or os.path.isdir(os.path.expanduser(target))
+    """An output directory: a URI, a local directory, or a path that is not a file (a missing one is
+    reported as such; a config is a file, a submission id has no `/`)."""
+    if "://" in target or os.path.isdir(os.path.expanduser(target)):
+        return True
+    return not os.path.isfile(target) and (os.sep in target or target.startswith((".", "~")))
 
 
 def _print_directory(path: str, as_json: bool) -> int:
