@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import logging
 import subprocess
 import sys
@@ -140,13 +141,15 @@ def test_a_rerun_keeps_the_directorys_totals():
 
 @pytest.mark.slow
 def test_a_job_shows_its_phases_a_moving_bar_and_its_engine(tmp_path):
-    """End to end on a local Ray: a 120-row job in one Ray Data batch still moves its bar several times."""
-    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"{PROMPTS[i % 6]} {i}"} for i in range(120)])
+    """End to end on a local Ray: a 400-row job in one Ray Data batch still moves its bar several times
+    (engine batches of 16 rows: each part's rows are reported as it finishes)."""
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"{PROMPTS[i % 6]} {i}"} for i in range(400)])
     done = subprocess.run(
         [sys.executable, "-m", "runner", "run", str(ROOT / "configs" / "demo.yaml")]
         + ["--set", f"data.source={source}", "--set", "data.id_column=null", "--set", "data.carry_columns=[]"]
-        + ["--set", "batching.rows_per_task=1000", "--set", "placement.replicas=1"]
-        + ["--set", "sampling.max_new_tokens=8", "--output", str(tmp_path / "out")],
+        + ["--set", "batching.rows_per_task=1000", "--set", "batching.max_batch_size=16"]
+        + ["--set", "placement.replicas=1", "--set", "batching.strategy=padded"]
+        + ["--set", "sampling.max_new_tokens=24", "--output", str(tmp_path / "out")],
         capture_output=True,
         text=True,
         timeout=600,
@@ -156,8 +159,8 @@ def test_a_job_shows_its_phases_a_moving_bar_and_its_engine(tmp_path):
     shown = done.stderr.replace("\r", "\n")
     assert "starting Ray" in shown and "loading the model on replica 1/1" in shown
     assert "replica 1/1 ready: LlamaForCausalLM on cpu; strategy " in shown
-    counts = {int(line.split("|")[1].split("/")[0]) for line in shown.splitlines() if "generating:" in line}
-    assert len(counts - {0, 120}) >= 2, f"the bar moved only at {sorted(counts)}"
+    counts = {int(m.group(1)) for m in re.finditer(r"generating: .*?\| *(\d+)/400 \[", shown)}
+    assert len(counts - {0, 400}) >= 2, f"the bar moved only at {sorted(counts)}"
     summary = json.loads((tmp_path / "out" / "_job.json").read_text())
     assert summary["resolved"]["engine"]["strategy"] and summary["resolved"]["engine"]["strategy_reason"]
-    assert summary["input_rows"] == 120 and summary["ended_at"] >= summary["started_at"]
+    assert summary["input_rows"] == 400 and summary["ended_at"] >= summary["started_at"]
