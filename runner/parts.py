@@ -7,6 +7,10 @@ changes which call a row's result returns through, not the batches the model run
 announced (`Engine.announce`) before any starts, so padded's first plan waits for all of them
 rather than running the first part's rows alone. The generate strategy batches within one call
 only: it gets one part.
+
+Cost, measured 2026-12-04 on the 2-core CPU test machine (shared, load ~25, so +-30% noise): one
+256-row batch of the demo model, 16 new tokens, four alternating runs each, median seconds in parts
+of 16 vs one call: padded 0.90 vs 0.79, continuous 1.87 vs 1.86. Not yet measured on a GPU.
 """
 
 from __future__ import annotations
