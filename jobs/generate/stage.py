@@ -140,7 +140,8 @@ class GenerationStage:
         """`cpu_threads`: torch threads for a replica computing on CPU, its share of the node's cores."""
         from runner.engine import Engine
 
-        startup_trace.mark("replica: stage constructed (its modules imported)")
+        if engine is None:  # a stage given an engine is part of another (eval's), which marks for it
+            startup_trace.mark("replica: stage constructed (its modules imported)")
         self.cpu_threads = set_cpu_threads(cpu_threads) if cpu_threads else None
         self.cfg = cfg
         # A stage given an engine is part of another (eval's), which reports for it.
@@ -148,7 +149,8 @@ class GenerationStage:
         self.replica = replica_label()
         self.reporter.starting(self.replica)
         self.engine = engine or Engine(cfg.model, cfg.sampling, cfg.batching, cfg.placement)
-        startup_trace.mark("replica: model loaded")
+        if engine is None:
+            startup_trace.mark("replica: model loaded")
         self.reporter.ready(describe(self.engine))
         self.prompts = PromptBuilder(cfg.data.prompt, self.engine.tokenizer)
         self.options = RowOptions(cfg)  # per-row sampling / schema / adapter columns
