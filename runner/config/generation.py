@@ -105,7 +105,8 @@ class BatchingConfig(_Strict):
         "auto",
         description="padded: length-sorted static batches, finished rows leave; continuous: packed, paged KV "
         "cache, rows join and leave every step; generate: model.generate on equal-length prompts (any "
-        "model, e.g. state-space); auto: the faster strategy exact for the model (continuous on one GPU)",
+        "model, e.g. state-space); auto: among the strategies exact for the model, padded or continuous, whichever "
+        "computes the job's first rows faster (measured on a sample of them, their outputs kept)",
     )
     token_budget: int | None = Field(
         None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -21,6 +21,7 @@ from runner.engine.continuous import ContinuousGenerator
 from runner.engine.generate import GenerateGenerator, unsupported_options
 from runner.engine.loading import AttentionSupport, Devices, describe_loading, load_model, load_tokenizer
 from runner.engine.padded import PaddedGenerator
+from runner.engine.race import MIN_ROWS, Race
 from runner.engine.scoring import LoglikelihoodScorer, ScoreRequest, ScoreResult
 from runner.engine.strategy import probe_failure, strategy_plan
 from runner.engine.types import Completion, Progress, Request
@@ -29,6 +30,7 @@ from runner.errors import ConfigError
 log = logging.getLogger(__name__)
 
 STRATEGIES = {"padded": PaddedGenerator, "continuous": ContinuousGenerator, "generate": GenerateGenerator}
+RACED = ("padded", "continuous")  # auto measures which of these is faster on the job's rows
 
 
 def model_devices(model) -> set[str]:
@@ -58,14 +60,16 @@ class Engine:
         plan = strategy_plan(self.batching.strategy, model_devices(self.model), self.architecture)
         plan = adapters.plan_for(plan, model, REFUSALS["padded"](self.architecture))
         self.strategy, self.strategy_reason, self.generator = self._start(plan)
+        self.race = self._race(plan)
         self.loading = describe_loading(model, self.devices, AttentionSupport.of(self.architecture_class()))
         self._check_options(model, sampling)
         self.scorer = LoglikelihoodScorer(self.model, self.batching)
         log.info(
-            "engine ready: %s on %s, strategy %s, %d torch threads",
+            "engine ready: %s on %s, strategy %s (%s), %d torch threads",
             type(self.model).__name__,
             ", ".join(sorted(model_devices(self.model))),
             self.strategy,
+            self.strategy_reason,
             torch.get_num_threads(),
         )
 
@@ -73,18 +77,37 @@ class Engine:
         """The first planned strategy that passes the start-up probe (runner.engine.strategy)."""
         failures = []
         for strategy, why in plan:
-            generator = STRATEGIES[strategy](self.model, self.tokenizer, self.sampling, self.batching)
-            failure = probe_failure(generator, self.tokenizer, self.batching.stall_timeout_s)
+            generator, failure = self._try(strategy)
             if failure is None:
                 log.info("strategy %s for %s: %s", strategy, self.architecture.name, why)
                 return strategy, why, generator
-            generator.close()
-            log.warning("strategy %s fails on %s at start: %s", strategy, self.architecture.name, failure)
             failures.append(f"{strategy} fails on {self.architecture.name} at start ({failure})")
         tried = {strategy for strategy, _ in plan}
         others = [s for s in exact_strategies(self.architecture) if s not in tried]
         hint = f"; use {' or '.join(others)} (or auto)" if others else ""
         raise ConfigError("batching.strategy: " + "; ".join(failures) + hint)
+
+    def _try(self, strategy: str):
+        """(a started generator, None), or (None, why it failed the start-up probe)."""
+        generator = STRATEGIES[strategy](self.model, self.tokenizer, self.sampling, self.batching)
+        failure = probe_failure(generator, self.tokenizer, self.batching.stall_timeout_s)
+        if failure is None:
+            return generator, None
+        generator.close()
+        log.warning("strategy %s fails on %s at start: %s", strategy, self.architecture.name, failure)
+        return None, failure
+
+    def _race(self, plan: list[tuple[str, str]]) -> Race | None:
+        """`auto` with padded and continuous both exact, the model on one device: which runs is
+        measured on the job's rows (runner.engine.race)."""
+        one_device = len(model_devices(self.model)) == 1
+        if self.batching.strategy != "auto" or self.strategy not in RACED or not one_device:
+            return None
+        rival = next((s for s, _ in plan if s in RACED and s != self.strategy), None)
+        if rival is None:
+            return None
+        self.strategy_reason += f"; raced against {rival} on the first call of {MIN_ROWS}+ rows"
+        return Race(self.strategy, rival, self._try)
 
     def _check_options(self, model: ModelConfig, sampling: SamplingConfig) -> None:
         """Generation options the running strategy cannot honour fail at start, naming the option.
@@ -140,10 +163,20 @@ class Engine:
         requests = constraints.with_default(requests, self.sampling)  # sampling.json_schema / regex / choices
         if progress is not None:
             requests = [dataclasses.replace(r, progress=progress) for r in requests]
-        done = self.generator.generate(requests)
+        done = self._generate(requests)
         if logprobs.wanted(self.sampling, requests):
             logprobs.attach(self.model, requests, done, self.sampling)
         return done
+
+    def _generate(self, requests: list[Request]) -> list[Completion]:
+        race = self.race
+        if race is not None and not race.decided and len(requests) >= MIN_ROWS:
+            raced = race.run(self.generator, requests)
+            if raced is not None:
+                self.generator, done = raced
+                self.strategy, self.strategy_reason = race.decision["strategy"], race.decision["reason"]
+                return done
+        return self.generator.generate(requests)
 
     def score(self, requests: list[ScoreRequest], progress: Progress | None = None) -> list[ScoreResult]:
         """Summed log-probability of each request's continuation after its context, and whether it is
@@ -153,6 +186,10 @@ class Engine:
     def announce(self) -> AbstractContextManager:
         """Context for a caller that is about to prepare and submit rows from another thread (a Ray
         Data batch in flight): a strategy that plans batches waits briefly for them (padded)."""
+        if self.race is not None and not self.race.decided:
+            # Undecided, a caller must not be waited for by a strategy it may not run on (padded
+            # gathers announced callers): the trial would time that wait.
+            return nullcontext()
         return self.generator.announce()
 
     def close(self) -> None:

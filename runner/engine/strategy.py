@@ -22,7 +22,8 @@ PROBE_TEXTS = ["Hello", "The quick brown fox jumps over the lazy dog, twice over
 
 
 def preferred_strategy(devices: set[str]) -> str:
-    """The faster strategy for these devices, when both are exact for the model.
+    """The strategy `auto` starts with when both are exact for the model: on one device the engine
+    then races it against the other on the job's first rows and keeps the faster (runner.engine.race).
 
     continuous for a model on one CUDA GPU; padded on CPU and for a model split over devices.
     CPU: scripts/bench.py measured padded ahead of continuous in most runs (3.4-4.5x vs 3.1-3.5x the
