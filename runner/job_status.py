@@ -70,7 +70,7 @@ def directory_status(path: str, now: float | None = None) -> JobStatus:
     if fs.get_file_info(root).type != pafs.FileType.Directory:
         raise OutputError(f"{path}: no such output directory")
     now = time.time() if now is None else now
-    summary = read_summary(path) or {}
+    summary = read_summary(fs, root) or {}
     catalogue = Catalogue(fs, root)
     if not summary and not catalogue.numbers():
         raise OutputError(f"{path}: not a job's output directory (no _job.json, no part files)")

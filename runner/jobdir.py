@@ -106,7 +106,7 @@ class JobDir:
     def prepare(self) -> None:
         """Create it and check it is writable; while the lease is held, also remove temp files a
         crash left (ours only; never without the lease: a running holder's commit is one of them)."""
-        outputs.prepare_output_dir(self.path, remove_temps=self.generation is not None)
+        outputs.prepare_output_dir(self.fs, self.root, self.path, remove_temps=self.generation is not None)
 
     def check_previous(self, cfg: JobConfig, overwrite: bool) -> None:
         """Refuse to mix outputs of different settings in one directory, or to touch parts not ours.
@@ -143,7 +143,7 @@ class JobDir:
         deletes parts that count for no one, never the new holder's). Temp files went when the lease
         was taken; the summary is replaced by this run's own."""
         if self._lease is None or self._lease.generation is None:
-            return outputs.PartWriter.remove_parts(self.path)
+            return outputs.PartWriter.remove_parts(self.fs, self.root)
         present = self.catalogue.numbers()
         self._lease.renew([], max([self._lease.next_part] + [n + 1 for n in present]))
         self.fence()
@@ -177,7 +177,8 @@ class JobDir:
         """The part writer that appends this run's rows after the committed parts, each part tagged
         with the lease's generation and fenced by it."""
         return outputs.PartWriter(
-            self.path,
+            self.fs,
+            self.root,
             rows_per_file,
             flush_seconds=flush_seconds,
             fence=self.fence,
@@ -212,11 +213,23 @@ class JobDir:
 
     def summary(self) -> dict | None:
         """The summary document of the last run here, or None."""
-        return outputs.read_summary(self.path)
+        return outputs.read_summary(self.fs, self.root)
 
     def write_summary(self, summary: dict) -> None:
         """Write `_job.json`, fenced: a run that lost the lease writes no summary."""
-        outputs.write_summary(self.path, summary, self.fence)
+        outputs.write_summary(self.fs, self.root, summary, self.fence)
+
+    def read_document(self, name: str) -> dict | None:
+        """A job kind's own JSON document in the directory (eval's `_metrics.json`), or None."""
+        return outputs.read_json(self.fs, self.root, name)
+
+    def write_document(self, name: str, document: dict) -> None:
+        """Write a job kind's own JSON document atomically, fenced like the summary."""
+        outputs.write_json(self.fs, self.root, name, document, self.fence)
+
+    def has_parts(self) -> bool:
+        """Whether any part file is committed here."""
+        return bool(self.catalogue.numbers())
 
 
 def check_schema_version(previous: dict, path: str, has_parts: bool) -> None:

@@ -87,26 +87,25 @@ def measure(mode: str, source: str, out: str, limit: int) -> dict:
         first = time.perf_counter() - start
         rows = table.num_rows
     elif mode == "resume-set":
-        import pyarrow as pa
         import pyarrow.compute as pc
 
         from runner.io.inputs import read_input
-        from runner.io.outputs import committed_ids
+        from runner.jobdir import JobDir
 
         table = read_input(cfg)
-        done = committed_ids(out)
-        todo = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(done)))))
+        done = JobDir(out).done_ids()
+        todo = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=done)))
         first = time.perf_counter() - start
         rows = todo.num_rows
     elif mode in ("stream", "resume-stream"):
         import ray
 
-        from runner.io.outputs import committed_id_array
         from runner.io.stream import open_input
+        from runner.jobdir import JobDir
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
         start = time.perf_counter()  # Ray's start-up (seconds, whatever the input) is not the reader's
-        done = committed_id_array(out) if mode == "resume-stream" else None
+        done = JobDir(out).done_ids() if mode == "resume-stream" else None
         dataset = open_input(cfg).dataset(done, 256)
         del done
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):

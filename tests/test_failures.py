@@ -21,6 +21,7 @@ from jobs.generate.stage import GenerationStage
 from runner.cli import main
 from runner.config import build_config
 from runner.errors import InputError, OutputError, ReplicaFailed
+from runner.io.durable import filesystem
 from runner.io.inputs import read_input
 from runner.io.outputs import PartWriter, write_summary
 from runner.job import Job
@@ -294,9 +295,9 @@ def test_a_whole_input_with_duplicate_ids_is_refused_before_anything_runs(tmp_pa
 def test_overwrite_replaces_only_the_runners_own_files(prompts, tmp_path):
     out = tmp_path / "out"
     earlier = job_config(prompts, out, sampling={"max_new_tokens": 2}, data={"limit": 3})
-    with PartWriter(str(out), rows_per_file=2) as writer:  # what a run of `earlier` left
+    with PartWriter(*filesystem(str(out)), rows_per_file=2) as writer:  # what a run of `earlier` left
         writer.write(pa.table({"id": ["00000000", "00000001", "00000002"], "error": [None] * 3}))
-    write_summary(str(out), build_summary(earlier, JobStats(), status="done"))
+    write_summary(*filesystem(str(out)), build_summary(earlier, JobStats(), status="done"))
     user_files = {"notes.txt": "mine", "part-1.parquet": "mine", "job.json": "{}", ".part-x.tmp": "mine"}
     for name, text in user_files.items():
         (out / name).write_text(text)
@@ -320,8 +321,8 @@ def test_overwrite_replaces_only_the_runners_own_files(prompts, tmp_path):
 def test_overwrite_deletes_the_summary_last(tmp_path):
     # An --overwrite killed half way leaves _job.json, so the directory is still known as the
     # runner's and the same command can finish the removal.
-    with PartWriter(str(tmp_path), rows_per_file=1) as writer:
+    with PartWriter(*filesystem(str(tmp_path)), rows_per_file=1) as writer:
         writer.write(pa.table({"id": ["00000000", "00000001"]}))
-    write_summary(str(tmp_path), {"config_hash": "earlier"})
-    removed = PartWriter.remove_parts(str(tmp_path))
+    write_summary(*filesystem(str(tmp_path)), {"config_hash": "earlier"})
+    removed = PartWriter.remove_parts(*filesystem(str(tmp_path)))
     assert sorted(removed[:-1]) == ["part-00000.parquet", "part-00001.parquet"] and removed[-1] == "_job.json"

@@ -15,13 +15,14 @@ from runner.errors import InputError, OutputError
 from runner.io import (
     SUMMARY_NAME,
     PartWriter,
-    committed_ids,
     prepare_output_dir,
     read_input,
     read_summary,
     required_columns,
     write_summary,
 )
+from runner.io.durable import filesystem
+from runner.jobdir import JobDir
 
 ROWS = [{"prompt": f"q{i}", "lang": "en" if i % 2 else "fr", "n": i} for i in range(5)]
 
@@ -253,7 +254,7 @@ def part_files(out) -> list[str]:
 
 def test_writer_rolls_files_and_leaves_no_temp(tmp_path):
     out = tmp_path / "out"
-    with PartWriter(str(out), rows_per_file=10) as writer:
+    with PartWriter(*filesystem(str(out)), rows_per_file=10) as writer:
         for start in range(0, 25, 7):
             writer.write(result_table(start, min(7, 25 - start)))
     assert part_files(out) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
@@ -263,19 +264,21 @@ def test_writer_rolls_files_and_leaves_no_temp(tmp_path):
 
 def test_writer_appends_after_existing_parts_with_one_schema(tmp_path):
     out = str(tmp_path / "out")
-    with PartWriter(out, rows_per_file=4) as writer:
+    with PartWriter(*filesystem(out), rows_per_file=4) as writer:
         writer.write(result_table(0, 4))  # all-null error column: must not pin the type to null
-    with PartWriter(out, rows_per_file=4) as writer:
+    with PartWriter(*filesystem(out), rows_per_file=4) as writer:
         writer.write(result_table(4, 2, error="boom"))
     assert part_files(out) == ["part-00000.parquet", "part-00001.parquet"]
     schemas = {pq.read_schema(os.path.join(out, n)) for n in part_files(out)}
     assert len(schemas) == 1
-    assert committed_ids(out) == {f"{i:08d}" for i in range(6)}
+    assert set(JobDir(out).done_ids().to_pylist()) == {f"{i:08d}" for i in range(6)}
 
 
 def test_writer_rejects_a_table_that_does_not_fit_the_schema(tmp_path):
     writer = PartWriter(
-        str(tmp_path), rows_per_file=10, schema=pa.schema([("id", pa.string()), ("n", pa.int64())])
+        *filesystem(str(tmp_path)),
+        rows_per_file=10,
+        schema=pa.schema([("id", pa.string()), ("n", pa.int64())]),
     )
     with pytest.raises(OutputError, match=r"output: column 'n' is string, cannot cast to int64"):
         writer.write(pa.table({"id": ["a"], "n": ["not a number"]}))
@@ -284,26 +287,26 @@ def test_writer_rejects_a_table_that_does_not_fit_the_schema(tmp_path):
 
 
 def test_committed_ids_of_missing_directory(tmp_path):
-    assert committed_ids(str(tmp_path / "nothing")) == set()
+    assert len(JobDir(str(tmp_path / "nothing")).done_ids()) == 0
 
 
 def test_prepare_output_dir(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match=r"output\.path: .*file is a file, not a directory"):
-        prepare_output_dir(str(tmp_path / "file"))
+        prepare_output_dir(*filesystem(str(tmp_path / "file")), str(tmp_path / "file"))
     out = tmp_path / "a" / "b"
-    prepare_output_dir(str(out))
+    prepare_output_dir(*filesystem(str(out)), str(out))
     for name in (".part-00003.parquet.tmp", "._job.json.tmp", ".mine.tmp", "notes.txt"):
         (out / name).write_text("x")
-    prepare_output_dir(str(out))
+    prepare_output_dir(*filesystem(str(out)), str(out))
     assert part_files(out) == [".mine.tmp", "notes.txt"]
 
 
 def test_summary_round_trip(tmp_path):
-    assert read_summary(str(tmp_path)) is None
-    write_summary(str(tmp_path), {"rows": 3, "status": "ok"})
-    write_summary(str(tmp_path), {"rows": 5, "status": "ok"})
-    assert read_summary(str(tmp_path)) == {"rows": 5, "status": "ok"}
+    assert read_summary(*filesystem(str(tmp_path))) is None
+    write_summary(*filesystem(str(tmp_path)), {"rows": 3, "status": "ok"})
+    write_summary(*filesystem(str(tmp_path)), {"rows": 5, "status": "ok"})
+    assert read_summary(*filesystem(str(tmp_path))) == {"rows": 5, "status": "ok"}
     assert part_files(tmp_path) == [SUMMARY_NAME]
 
 
@@ -311,10 +314,10 @@ def test_output_directory_reads_with_pandas_pyarrow_and_datasets(tmp_path):
     pd = pytest.importorskip("pandas")
     datasets = pytest.importorskip("datasets")
     out = tmp_path / "out"
-    with PartWriter(str(out), rows_per_file=3) as writer:
+    with PartWriter(*filesystem(str(out)), rows_per_file=3) as writer:
         writer.write(result_table(0, 3))
         writer.write(result_table(3, 2, error="boom"))
-    write_summary(str(out), {"rows": 5})
+    write_summary(*filesystem(str(out)), {"rows": 5})
     (out / ".part-00009.parquet.tmp").write_text("crash leftover")
     expected = [f"{i:08d}" for i in range(5)]
     assert sorted(pd.read_parquet(out)["id"]) == expected

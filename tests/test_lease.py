@@ -18,6 +18,7 @@ import pytest
 
 from runner.errors import OutputError
 from runner.io import outputs
+from runner.io.durable import filesystem
 from runner.io.lease import Lease, LeaseLost, lease_name
 from runner.jobdir import JobDir
 from tests.conftest import PROMPTS, write_jsonl
@@ -135,10 +136,10 @@ def test_a_driver_whose_lease_was_taken_over_stops_committing(tmp_path):
     time.sleep(3.2)
     new = lease(out, timeout_s=3).acquire()
     # No heartbeat has told the frozen driver: the commit itself reads the lease.
-    writer = outputs.PartWriter(str(out), 2, fence=frozen.check, generation=frozen.generation)
+    writer = outputs.PartWriter(*filesystem(str(out)), 2, fence=frozen.check, generation=frozen.generation)
     with pytest.raises(LeaseLost, match="taken over"):
         writer.write(result_table(0, 2))
-    assert not outputs.has_parts(str(out))
+    assert not JobDir(str(out)).has_parts()
     new.release()
 
 
@@ -160,12 +161,12 @@ def test_a_part_linked_after_the_lease_was_lost_is_undone_and_never_counts(tmp_p
             os.utime(out / lease_name(1), (0, 0))
             takeover["dir"] = JobDir(str(out)).lease(timeout_s=3).acquire()
 
-    zombie = outputs.PartWriter(str(out), 2, fence=check_then_lose, generation=1)
+    zombie = outputs.PartWriter(*filesystem(str(out)), 2, fence=check_then_lose, generation=1)
     with pytest.raises(LeaseLost):
         zombie.write(result_table(2, 2))
     assert sorted(p.name for p in out.glob("part-*")) == ["part-00000.parquet"]
     # A part a generation-1 writer linked and never undid (it died): present, but it does not count.
-    late = outputs.PartWriter(str(out), 2, generation=1)
+    late = outputs.PartWriter(*filesystem(str(out)), 2, generation=1)
     late.write(result_table(2, 2))
     new = takeover["dir"]
     assert new.catalogue.zombies() == [1] and sorted(new.done_ids().to_pylist()) == ["00000000", "00000001"]
@@ -175,21 +176,24 @@ def test_a_part_linked_after_the_lease_was_lost_is_undone_and_never_counts(tmp_p
 
 def test_commits_never_replace_a_part_and_temp_names_are_unique(tmp_path):
     out = str(tmp_path)
-    a, b = outputs.PartWriter(out, 2), outputs.PartWriter(out, 2)  # both start at part-00000
+    a, b = (
+        outputs.PartWriter(*filesystem(out), 2),
+        outputs.PartWriter(*filesystem(out), 2),
+    )  # both start at part-00000
     a.write(result_table(0, 2))
     b.write(result_table(2, 2))
     names = sorted(os.listdir(tmp_path))
     assert names == ["part-00000.parquet", "part-00001.parquet"]
-    ids = sorted(outputs.committed_ids(out))
+    ids = sorted(JobDir(out).done_ids().to_pylist())
     assert ids == [f"{i:08d}" for i in range(4)]
     assert JobDir(out).distinct_ids() == 4
 
 
 def test_buffered_rows_are_committed_after_flush_seconds_not_rows_per_file(tmp_path):
-    writer = outputs.PartWriter(str(tmp_path), 1000, flush_seconds=0.3)
+    writer = outputs.PartWriter(*filesystem(str(tmp_path)), 1000, flush_seconds=0.3)
     writer.write(result_table(0, 3))
     writer.flush_due()
-    assert not outputs.has_parts(str(tmp_path))  # younger than flush_seconds
+    assert not JobDir(str(tmp_path)).has_parts()  # younger than flush_seconds
     time.sleep(0.35)
     writer.flush_due()  # what the job's timer thread calls while it waits for the next batch
     assert pq.read_table(tmp_path / "part-00000.parquet").num_rows == 3
@@ -246,7 +250,7 @@ def test_output_of_an_earlier_version_resumes_and_counts_whole(tmp_path):
     """Parts without a lease generation and a stale `_lease.json`: all count, and stay counted once a
     new lease seals them."""
     out = tmp_path / "out"
-    with outputs.PartWriter(str(out), 2) as writer:  # as earlier versions wrote them
+    with outputs.PartWriter(*filesystem(str(out)), 2) as writer:  # as earlier versions wrote them
         writer.write(result_table(0, 3))
     old = {"host": "gpu-node-7", "pid": 1, "started": 0, "heartbeat": 0, "token": "abc"}
     (out / "_lease.json").write_text(json.dumps(old))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from jobs.eval.metrics import METRICS_NAME, mean_stderr, read_metrics, read_rows, write_metrics
 from runner.errors import ConfigError, InputError, JobFailed
-from runner.io.outputs import read_summary
+from runner.jobdir import JobDir
 
 MAX_FLIPS_SHOWN = 10
 
@@ -82,7 +82,7 @@ class Run:
     def load(cls, path: str) -> Run:
         """InputError (exit 2) for a directory that is not a finished eval run, or whose metrics are stale."""
         document = read_metrics(path)
-        summary = read_summary(path) or {}
+        summary = JobDir(path).summary() or {}
         if summary.get("status") != "done":
             raise InputError(
                 f"{path}: the run did not finish (status {summary.get('status')}); rerun it to resume"

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from jobs.eval.config import EvalConfig
 from runner.errors import InputError, first_line
-from runner.io import outputs
+from runner.jobdir import JobDir
 
 METRICS_NAME = "_metrics.json"  # `_`: pyarrow / pandas skip it when reading the directory as Parquet
 
@@ -38,7 +38,7 @@ def mean_stderr(values: list[float]) -> tuple[float | None, float | None]:
 
 def read_rows(path: str, columns: list[str] | None = None) -> pa.Table:
     """The committed rows of an eval output directory (parts only)."""
-    if not outputs.has_parts(path):
+    if not JobDir(path).has_parts():
         raise InputError(f"{path}: no part files (not an eval run directory?)")
     try:
         table = pq.read_table(path, columns=columns)
@@ -102,13 +102,13 @@ def metrics_document(cfg: EvalConfig, path: str, summary: dict, revision: str | 
 
 def write_metrics(path: str, document: dict) -> None:
     """Write `_metrics.json` next to the parts (atomically, as the job summary)."""
-    outputs.write_json(path, METRICS_NAME, document)
+    JobDir(path).write_document(METRICS_NAME, document)
 
 
 def read_metrics(path: str) -> dict:
     """A run directory's `_metrics.json`; InputError when it has none."""
     try:
-        document = outputs.read_json(path, METRICS_NAME)
+        document = JobDir(path).read_document(METRICS_NAME)
     except ValueError as err:
         raise InputError(str(err)) from None
     if document is None:

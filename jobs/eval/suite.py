@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from jobs.eval.config import EvalConfig
 from runner.errors import ConfigError, InputError
-from runner.io.outputs import read_summary
+from runner.jobdir import JobDir
 
 DEFAULT_TEMPLATE = "{utc:%Y%m%dT%H%M%SZ}"
 HISTORY_SCHEMA = pa.schema(
@@ -106,7 +106,7 @@ class Suite:
         if not self.runs.is_dir():
             return None
         for run in sorted(self.runs.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
-            summary = read_summary(str(run)) if run.is_dir() else None
+            summary = JobDir(str(run)).summary() if run.is_dir() else None
             if summary and summary.get("config_hash") == config_hash and summary.get("status") != "done":
                 return run
         return None

@@ -21,9 +21,9 @@ def add_parser(sub) -> None:
 def execute(args: argparse.Namespace) -> int:
     from jobs.openai_batch.results import write_results
     from runner.errors import ConfigError
-    from runner.io.outputs import read_summary
+    from runner.jobdir import JobDir
 
-    summary = read_summary(args.directory)
+    summary = JobDir(args.directory).summary()
     if summary is None or summary.get("kind") != "openai_batch":
         kind = "no _job.json" if summary is None else f"kind {summary.get('kind', 'generate')}"
         raise ConfigError(f"directory: {args.directory} is not a batch job's directory ({kind})")

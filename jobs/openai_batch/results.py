@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from jobs.openai_batch import responses
 from runner.io.catalogue import Catalogue, duplicate_id_error
 from runner.io.durable import filesystem
-from runner.io.outputs import read_summary
+from runner.jobdir import JobDir
 
 TOTAL_KEY = "requests_in_file"  # _job.json: the request file's line count, for request_counts
 
@@ -36,7 +36,7 @@ def request_counts(output_dir: str) -> dict:
         errors = table.filter(pc.is_valid(table.column("error")))
         completed += table.num_rows - errors.num_rows
         failed += sum(1 for row in errors.to_pylist() if not is_repeat(row))
-    summary = read_summary(output_dir) or {}
+    summary = JobDir(output_dir).summary() or {}
     total = max(int(summary.get(TOTAL_KEY) or 0), completed + failed)
     return {"total": total, "completed": completed, "failed": failed}
 

@@ -8,6 +8,9 @@ committed part survives a power loss or a lost node, not only a killed process. 
 because pyarrow's (and so pandas') directory discovery skips ``.``/``_`` names but fails on
 any other non-Parquet file such as ``job.json``. Those three kinds of names are the runner's own
 files; it never deletes or replaces any other file in the directory.
+
+Every function here takes the directory as its filesystem handle and root (`runner.jobdir.JobDir`
+holds them and hands them over), never as a path to resolve again.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import pyarrow.parquet as pq
 
 from runner.errors import OutputError
 from runner.io.catalogue import GENERATION_KEY, PART_RE, Catalogue, part_name
-from runner.io.durable import atomic_write, filesystem
+from runner.io.durable import atomic_write
 
 # The column names, defined with their types in runner.output_schema; readers import them from here.
 from runner.output_schema import OPTIONAL_COLUMNS, OUTPUT_COLUMNS  # noqa: F401
@@ -48,11 +51,11 @@ def _names(fs: pafs.FileSystem, root: str) -> list[str]:
     return [info.base_name for info in infos if info.type == pafs.FileType.File]
 
 
-def prepare_output_dir(path: str, remove_temps: bool = True) -> None:
-    """Create the output directory, check it is writable and (`remove_temps`) remove temp files a
-    crash left. Only the directory's lease holder removes them: that removal is what stops a
-    superseded writer's late commit (`runner.io.durable.atomic_write`)."""
-    fs, root = filesystem(path)
+def prepare_output_dir(fs: pafs.FileSystem, root: str, path: str, remove_temps: bool = True) -> None:
+    """Create the output directory `root` on `fs` (`path`, as the user gave it, names it in errors),
+    check it is writable and (`remove_temps`) remove temp files a crash left. Only the directory's
+    lease holder removes them: that removal is what stops a superseded writer's late commit
+    (`runner.io.durable.atomic_write`)."""
     if fs.get_file_info(root).type == pafs.FileType.File:
         raise OutputError(f"output.path: {path} is a file, not a directory")
     try:
@@ -75,25 +78,11 @@ def remove_temp_files(fs: pafs.FileSystem, root: str) -> None:
                 pass
 
 
-def has_parts(path: str) -> bool:
-    """Whether ``path`` holds part files."""
-    return bool(Catalogue(*filesystem(path)).numbers())
-
-
-def committed_ids(path: str) -> set[str]:
-    """Row ids already written to part files under ``path`` (empty if there are none); small outputs."""
-    return set(committed_id_array(path).to_pylist())
-
-
-def committed_id_array(path: str) -> pa.Array:
-    """Row ids of every committed part as one Arrow string array: resume's lookup, in Arrow memory."""
-    return Catalogue(*filesystem(path)).ids()
-
-
-def write_json(path: str, name: str, document: dict, fence: Callable | None = None) -> None:
+def write_json(
+    fs: pafs.FileSystem, root: str, name: str, document: dict, fence: Callable | None = None
+) -> None:
     """Atomically (and durably, on a local disk) write a document of the directory as indented JSON;
     `fence` (the lease's check) runs right before it is renamed into place."""
-    fs, root = filesystem(path)
     data = json.dumps(document, indent=2, sort_keys=True, default=str).encode() + b"\n"
 
     def write(temp: str) -> None:
@@ -104,10 +93,9 @@ def write_json(path: str, name: str, document: dict, fence: Callable | None = No
     atomic_write(fs, root, name, write, fence=fence)
 
 
-def read_json(path: str, name: str) -> dict | None:
+def read_json(fs: pafs.FileSystem, root: str, name: str) -> dict | None:
     """A document written by `write_json`, or None when there is none; ValueError (naming the file)
     when it is not valid JSON."""
-    fs, root = filesystem(path)
     file = f"{root}/{name}"
     if fs.get_file_info(file).type != pafs.FileType.File:
         return None
@@ -119,15 +107,15 @@ def read_json(path: str, name: str) -> dict | None:
         raise ValueError(f"{file} is not valid JSON ({err})") from None
 
 
-def write_summary(path: str, summary: dict, fence: Callable | None = None) -> None:
+def write_summary(fs: pafs.FileSystem, root: str, summary: dict, fence: Callable | None = None) -> None:
     """Atomically write the job summary as indented JSON (after `fence`, the lease's check)."""
-    write_json(path, SUMMARY_NAME, summary, fence)
+    write_json(fs, root, SUMMARY_NAME, summary, fence)
 
 
-def read_summary(path: str) -> dict | None:
+def read_summary(fs: pafs.FileSystem, root: str) -> dict | None:
     """The job summary written by `write_summary`, or None when there is none."""
     try:
-        return read_json(path, SUMMARY_NAME)
+        return read_json(fs, root, SUMMARY_NAME)
     except ValueError as err:
         raise OutputError(f"output.path: {err}") from None
 
@@ -148,7 +136,8 @@ class PartWriter:
 
     def __init__(
         self,
-        path: str,
+        fs: pafs.FileSystem,
+        root: str,
         rows_per_file: int,
         schema: pa.Schema | None = None,
         flush_seconds: float | None = None,
@@ -158,7 +147,7 @@ class PartWriter:
     ):
         if rows_per_file < 1:
             raise OutputError(f"output.rows_per_file: must be at least 1 (got {rows_per_file})")
-        self.fs, self.root = filesystem(path)
+        self.fs, self.root = fs, root
         self.fs.create_dir(self.root, recursive=True)
         self.rows_per_file = rows_per_file
         self.flush_seconds = flush_seconds
@@ -204,13 +193,12 @@ class PartWriter:
         self.close()  # buffered rows are complete results: keep them even if the caller failed
 
     @staticmethod
-    def remove_parts(path: str) -> list[str]:
-        """Delete the runner's own files in ``path`` (parts, their temp files, the summary); return them.
+    def remove_parts(fs: pafs.FileSystem, root: str) -> list[str]:
+        """Delete the runner's own files in ``root`` (parts, their temp files, the summary); return them.
 
         Only those exact name patterns go: a user's file next to them, even ``part-1.parquet`` or
         ``job.json``, is left alone. The lease stays: the caller holds it.
         """
-        fs, root = filesystem(path)
         names = _names(fs, root)
         # The summary goes last: killed half way, the directory still says it is the runner's.
         ours = [n for n in names if PART_RE.match(n) or _TEMP_RE.match(n)]
