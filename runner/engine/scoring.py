@@ -117,13 +117,21 @@ class LoglikelihoodScorer:
     """Scores continuations with one loaded causal LM; safe to call from several threads."""
 
     def __init__(self, model, batching: BatchingConfig):
-        self.model = model
+        self._call = ModelCall(model)
         self.batching = batching
         self.budget = token_budget(batching, model)
         self._lock = threading.Lock()  # one forward pass at a time: concurrent callers queue
-        self._call = ModelCall(model)
         self.sharing = self._sharing(model, batching)
         self._context_saved = 0  # context tokens continuations took from their context's cache
+
+    @property
+    def model(self):
+        """The model scored with: the one its forward passes call (ModelCall owns calling it)."""
+        return self._call.model
+
+    @model.setter
+    def model(self, model) -> None:
+        self._call.model = model
 
     def _sharing(self, model, batching: BatchingConfig) -> SharedPrefill | None:
         """The shared-context prefill, where the padded layout is exact for the model (else None)."""
