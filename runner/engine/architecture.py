@@ -55,11 +55,26 @@ class Architecture:
         return cls(
             name=type(model).__name__,
             layer_types=tuple(layer_types(config)),
-            stateful=bool(compat.model_flag(model, "_is_stateful")) or not _default_cache(model),
+            stateful=_stateful(model, config),
             attention_backend=bool(compat.model_flag(model, "_supports_attention_backend")),
             takes_position_ids=forward_takes(model, "position_ids"),
             rope_types=frozenset(rope_types(config)),
         )
+
+
+# Cache layer types that hold a recurrent or convolution state rather than only keys and values, as
+# transformers' DynamicCache maps them (cache_utils.DYNAMIC_LAYER_TYPE_MAPPING; 5.23-5.25 checked).
+RECURRENT_LAYER_TYPES = frozenset({"linear_attention", "conv", "hybrid", "hybrid_sliding", "mamba"})
+
+
+def _stateful(model, config) -> bool:
+    """Whether the cache holds a recurrent state. Three signs, any one suffices: the class flag
+    `_is_stateful` (transformers <= 5.24), a cache generate would not make a DynamicCache (<= 5.24's
+    SSMs), or a recurrent layer type (5.25 gives Mamba a DynamicCache of linear-attention layers and
+    dropped the flag)."""
+    if compat.model_flag(model, "_is_stateful") or not _default_cache(model):
+        return True
+    return bool(RECURRENT_LAYER_TYPES.intersection(layer_types(config)))
 
 
 def _default_cache(model) -> bool:
