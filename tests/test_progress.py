@@ -141,15 +141,17 @@ def test_a_rerun_keeps_the_directorys_totals():
 
 @pytest.mark.slow
 def test_a_job_shows_its_phases_a_moving_bar_and_its_engine(tmp_path):
-    """End to end on a local Ray: a 400-row job in one Ray Data batch still moves its bar several times
-    (engine batches of 16 rows: each part's rows are reported as it finishes)."""
-    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"{PROMPTS[i % 6]} {i}"} for i in range(400)])
+    """End to end on a local Ray: the issue's 1,000-row job in one Ray Data batch still moves its bar
+    several times (engine batches of 16 rows: each part's rows are reported as it finishes). Sized so
+    generating lasts well over the driver's 1 s poll on a quiet machine (400 rows x 24 tokens took 2 s:
+    a bar read once a second can then jump 0 -> all without anything being wrong)."""
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"{PROMPTS[i % 6]} {i}"} for i in range(1000)])
     done = subprocess.run(
         [sys.executable, "-m", "runner", "run", str(ROOT / "configs" / "demo.yaml")]
         + ["--set", f"data.source={source}", "--set", "data.id_column=null", "--set", "data.carry_columns=[]"]
-        + ["--set", "batching.rows_per_task=1000", "--set", "batching.max_batch_size=16"]
+        + ["--set", "batching.rows_per_task=2000", "--set", "batching.max_batch_size=16"]
         + ["--set", "placement.replicas=1", "--set", "batching.strategy=padded"]
-        + ["--set", "sampling.max_new_tokens=24", "--output", str(tmp_path / "out")],
+        + ["--set", "sampling.max_new_tokens=48", "--output", str(tmp_path / "out")],
         capture_output=True,
         text=True,
         timeout=600,
@@ -159,8 +161,8 @@ def test_a_job_shows_its_phases_a_moving_bar_and_its_engine(tmp_path):
     shown = done.stderr.replace("\r", "\n")
     assert "starting Ray" in shown and "loading the model on replica 1/1" in shown
     assert "replica 1/1 ready: LlamaForCausalLM on cpu; strategy " in shown
-    counts = {int(m.group(1)) for m in re.finditer(r"generating: .*?\| *(\d+)/400 \[", shown)}
-    assert len(counts - {0, 400}) >= 2, f"the bar moved only at {sorted(counts)}"
+    counts = {int(m.group(1)) for m in re.finditer(r"generating: .*?\| *(\d+)/1000 \[", shown)}
+    assert len(counts - {0, 1000}) >= 2, f"the bar moved only at {sorted(counts)}"
     summary = json.loads((tmp_path / "out" / "_job.json").read_text())
     assert summary["resolved"]["engine"]["strategy"] and summary["resolved"]["engine"]["strategy_reason"]
-    assert summary["input_rows"] == 400 and summary["ended_at"] >= summary["started_at"]
+    assert summary["input_rows"] == 1000 and summary["ended_at"] >= summary["started_at"]
