@@ -418,3 +418,31 @@ def test_without_a_cluster_batches_still_validate_and_cancel(server, tmp_path):
     advancer.pass_once()
     assert alice.batches.retrieve(bad.id).status == "failed"
     assert alice.batches.retrieve(cancelled.id).status == "cancelled"
+
+
+def test_a_job_that_failed_in_the_clusters_setup_is_submitted_again(server, monkeypatch):
+    """A job attempt that failed before its driver wrote `_job.json` (Ray's runtime-env setup, not the
+    batch) is submitted again, up to START_ATTEMPTS attempts; one that started is the batch's failure."""
+    from types import SimpleNamespace
+
+    from jobs.openai_batch.server.advance import START_ATTEMPTS
+    from jobs.openai_batch.server.batches import job_dir
+
+    advancer, done = server.advancer(), []
+    monkeypatch.setattr(advancer, "submit", lambda state, sid: done.append(("submit", sid)))
+    monkeypatch.setattr(advancer, "fail", lambda state, sid: done.append(("fail", sid)))
+    state = State({"id": "batch_x", "expires_at": 10**10}, {"validated": {"errors": []}, "in_progress": {}})
+
+    def step(job):
+        advancer.runs = SimpleNamespace(status=lambda _batch_id: job)  # the cluster's answer, re-read
+        advancer.step(state, job, 0)
+
+    step(("FAILED", "runner-batch_x-1"))
+    step(("FAILED", f"runner-batch_x-{START_ATTEMPTS}"))
+    server.store.write_once(job_dir("batch_x"), "_job.json", {"state": "failed"})
+    step(("FAILED", "runner-batch_x-1"))
+    assert done == [
+        ("submit", "runner-batch_x-1"),
+        ("fail", f"runner-batch_x-{START_ATTEMPTS}"),
+        ("fail", "runner-batch_x-1"),
+    ]

@@ -24,6 +24,7 @@ from runner.errors import RunnerError, first_line
 
 log = logging.getLogger(__name__)
 
+START_ATTEMPTS = 3  # job attempts for a batch whose job fails before it starts (see _never_started)
 FRESH = ("submit", "complete", "fail", "cancel", "expire")
 
 
@@ -65,9 +66,21 @@ class Advancer:
         if action in FRESH and validated and not validated["errors"]:
             status, sid = self.runs.status(state.request["id"])
             action = next_step(state, status, now)
+        if action == "fail" and status == "FAILED" and self._never_started(state, sid):
+            action = "submit"  # attempt n+1: nothing of the batch ran, nothing to lose
         if action is not None:
             log.info("batch %s: %s", state.request["id"], action)
             getattr(self, action)(state, sid)
+
+    def _never_started(self, state: State, sid: str | None) -> bool:
+        """A job attempt that failed before its driver wrote the job's `_job.json` failed in the cluster's
+        setup, not on the batch: the configs were checked when the server started and the file at
+        validation. Seen with Ray 2.60: two jobs setting up the same working_dir package at once can leave
+        one driver in a directory being replaced (`getcwd() failed`, its config not found). Such an
+        attempt is submitted again, up to START_ATTEMPTS attempts."""
+        attempt = int(sid.rsplit("-", 1)[1]) if sid and sid.rsplit("-", 1)[-1].isdigit() else START_ATTEMPTS
+        started = self.store.exists(f"{job_dir(state.request['id'])}/_job.json")
+        return not started and attempt < START_ATTEMPTS
 
     # steps
 
