@@ -106,12 +106,16 @@ def server(cluster, tmp_path):
         process.stop()
 
 
+ENDED = ("completed", "failed", "cancelled", "expired")  # a batch in one of these never changes again
+
+
 def wait_for(client, batch_id: str, done, timeout: float = 600):
     deadline = time.monotonic() + timeout
     while True:
         batch = client.batches.retrieve(batch_id)
         if done(batch):
             return batch
+        assert batch.status not in ENDED, f"batch {batch_id} ended {batch.status}: {batch.errors}"
         assert time.monotonic() < deadline, f"batch {batch_id} stayed {batch.status}: {batch}"
         time.sleep(1)
 
