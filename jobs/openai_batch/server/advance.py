@@ -243,12 +243,12 @@ def token_usage(job: str) -> dict:
     from runner.io.catalogue import Catalogue
     from runner.io.durable import filesystem
 
-    sums = {"prompt_tokens": 0, "generated_tokens": 0}
+    sums = {"prompt_tokens": 0, "completion_tokens": 0}  # docs/outputs.md (runner.output_schema)
     for table, _ in Catalogue(*filesystem(job)).tables(list(sums)):
         for name in sums:
             if name in table.column_names:
                 sums[name] += pc.sum(table[name]).as_py() or 0
-    prompt, output = sums["prompt_tokens"], sums["generated_tokens"]
+    prompt, output = sums["prompt_tokens"], sums["completion_tokens"]
     return {
         "input_tokens": prompt,
         "input_tokens_details": {"cached_tokens": 0},
