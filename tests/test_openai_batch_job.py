@@ -166,7 +166,7 @@ def test_killed_batch_resumes_to_one_line_per_request(setup, tiny_model):
     for line in out:
         choices = line["response"]["body"]["choices"]
         texts = [c["message"]["content"] if "message" in c else c["text"] for c in choices]
-        assert texts == want[line["custom_id"]]["generation"], line["custom_id"]
+        assert texts == [s["text"] for s in want[line["custom_id"]]["samples"]], line["custom_id"]
 
     # Greedy chat requests of the base model: the texts of `runner run` over the same messages.
     greedy = [

@@ -131,7 +131,7 @@ def rows(out: Path) -> list[dict]:
 def test_submit_runs_the_demo_job_and_exits_with_its_code(cluster_a, tmp_path):
     out = tmp_path / "demo"
     done = runner("submit", DEMO, "--address", cluster_a, "--output", str(out), *PADDED)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stderr + done.stdout
     assert "submitted runner-" in done.stderr and "SUCCEEDED  exit=0" in done.stderr
     assert "generating: 100%" in done.stdout  # the driver's progress line, streamed from the job's log
     ids = [r["id"] for r in rows(out)]

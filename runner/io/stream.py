@@ -106,6 +106,10 @@ def open_input(cfg: DataConfig) -> StreamedInput:
         fmt, fs, files = _resolve_uri(cfg.source, cfg.format)
     else:
         fmt, files = inputs._resolve(cfg.source, cfg.format)
+        # Absolute from here on: a job's driver runs in Ray's unpacked copy of its working_dir, which
+        # the runtime-env agent of another node on the same machine (or another job's set-up) may
+        # replace while the job runs; a relative read then fails under a deleted working directory.
+        files = [os.path.abspath(f) for f in files]
         fs = pafs.LocalFileSystem()
     if fmt in ("saved", "hub"):
         table = inputs._read_source(cfg)
