@@ -86,3 +86,11 @@ def prompts_file(tmp_path) -> Path:
         for i, p in enumerate(PROMPTS * 2)
     ]
     return write_jsonl(tmp_path / "prompts.jsonl", rows)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with slow end-to-end tests first, each module's own order kept: with parallel workers
+    (`-n 2 --dist loadfile`, README's command) the longest modules start at once instead of one of
+    them starting last on a worker while the other idles (longest-first scheduling)."""
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow_modules)

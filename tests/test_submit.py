@@ -199,11 +199,12 @@ def test_unknown_id_or_bad_job_is_one_line_exit_2(cluster_a, args, message):
     [
         ("head:6379", "--address: 'head:6379' is not a Ray dashboard address"),
         ("ray://head:10001", "--address: 'ray://head:10001' is not a Ray dashboard address"),
-        (f"http://127.0.0.1:{free_port()}", "--address: cannot reach the Ray dashboard at http://127.0.0.1:"),
+        ("http://127.0.0.1:{port}", "--address: cannot reach the Ray dashboard at http://127.0.0.1:"),
     ],
+    ids=["host-port", "ray-client", "nothing-listening"],  # stable ids: xdist workers collect alike
 )
 def test_bad_or_unreachable_address_is_one_line_exit_2(address, message):
-    done = runner("list", "--address", address, timeout=60)
+    done = runner("list", "--address", address.format(port=free_port()), timeout=60)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
 
