@@ -235,10 +235,15 @@ def cpu_threads(pool: Pool) -> int | None:
     return max(1, cores // pool.replicas)
 
 
+def _rows_to_do(table) -> int:
+    """A table's rows, or a streamed input's planned rows still to do (`JobDir.pending`)."""
+    return table.num_rows if isinstance(table, pa.Table) else table.rows
+
+
 def run_stage(table, cfg: JobConfig, pool: Pool, stage: type) -> Iterator[pa.Table]:
-    """Stream output batches of `stage` (a job kind's Ray Data UDF class, constructed with `cfg=` and
-    `cpu_threads=` on each replica) run by the replica pool over `table` (a table, or a streamed
-    input's `Pending` rows)."""
+    """Stream output batches of `stage` (a job kind's Ray Data UDF class, constructed on each replica
+    with `cfg=`, `cpu_threads=` and `rows_ahead=`: the rows to do over the replicas) run by the
+    replica pool over `table` (a table, or a streamed input's `Pending` rows)."""
     startup_trace.mark("driver: planning the Ray Data dataset")
     import ray.data
 
@@ -264,7 +269,11 @@ def run_stage(table, cfg: JobConfig, pool: Pool, stage: type) -> Iterator[pa.Tab
     ds = compat.map_batches_on_actors(
         ds,
         stage,
-        fn_constructor_kwargs={"cfg": cfg, "cpu_threads": cpu_threads(pool)},
+        fn_constructor_kwargs={
+            "cfg": cfg,
+            "cpu_threads": cpu_threads(pool),
+            "rows_ahead": -(-_rows_to_do(table) // pool.replicas),
+        },
         batch_size=rows,
         batch_format="pyarrow",
         compute=compute,

@@ -153,7 +153,13 @@ class ChoiceTask:
 class EvalStage:
     """Loads the engine once; every task's rows are computed on it (the Ray Data UDF of `runner eval`)."""
 
-    def __init__(self, cfg: EvalConfig, engine: Engine | None = None, cpu_threads: int | None = None):
+    def __init__(
+        self,
+        cfg: EvalConfig,
+        engine: Engine | None = None,
+        cpu_threads: int | None = None,
+        rows_ahead: int | None = None,
+    ):
         from runner.engine import Engine
 
         startup_trace.mark("replica: stage constructed (its modules imported)")
@@ -161,7 +167,9 @@ class EvalStage:
         self.reporter = Reporter(cfg.output.path if engine is None else None)
         self.replica = replica_label()
         self.reporter.starting(self.replica)
-        self.engine = engine or Engine(cfg.model, cfg.sampling, cfg.batching, cfg.placement)
+        self.engine = engine or Engine(
+            cfg.model, cfg.sampling, cfg.batching, cfg.placement, rows_ahead=rows_ahead
+        )
         startup_trace.mark("replica: model loaded")
         self.reporter.ready(describe(self.engine))
         self.schema = output_schema(cfg)

@@ -136,8 +136,15 @@ def _unconvertible(column: pa.ChunkedArray) -> bool:
 class GenerationStage:
     """Loads the engine once; turns input batches (pyarrow) into output batches."""
 
-    def __init__(self, cfg: JobConfig, engine: Engine | None = None, cpu_threads: int | None = None):
-        """`cpu_threads`: torch threads for a replica computing on CPU, its share of the node's cores."""
+    def __init__(
+        self,
+        cfg: JobConfig,
+        engine: Engine | None = None,
+        cpu_threads: int | None = None,
+        rows_ahead: int | None = None,
+    ):
+        """`cpu_threads`: torch threads for a replica computing on CPU, its share of the node's cores;
+        `rows_ahead`: the job's rows to do over its replicas (the engine's `rows_ahead`)."""
         from runner.engine import Engine
 
         if engine is None:  # a stage given an engine is part of another (eval's), which marks for it
@@ -148,7 +155,9 @@ class GenerationStage:
         self.reporter = Reporter(cfg.output.path if engine is None else None)
         self.replica = replica_label()
         self.reporter.starting(self.replica)
-        self.engine = engine or Engine(cfg.model, cfg.sampling, cfg.batching, cfg.placement)
+        self.engine = engine or Engine(
+            cfg.model, cfg.sampling, cfg.batching, cfg.placement, rows_ahead=rows_ahead
+        )
         if engine is None:
             startup_trace.mark("replica: model loaded")
         self.reporter.ready(describe(self.engine))

@@ -27,8 +27,10 @@ class BatchStage(GenerationStage):
     lists = True
     logprobs_column = True
 
-    def __init__(self, cfg: BatchConfig, engine=None, cpu_threads: int | None = None):
-        super().__init__(cfg, engine, cpu_threads)
+    def __init__(
+        self, cfg: BatchConfig, engine=None, cpu_threads: int | None = None, rows_ahead: int | None = None
+    ):
+        super().__init__(cfg, engine, cpu_threads, rows_ahead)
         self.base_names = cfg.base_names()
         self.adapters = set(cfg.model.adapters or {})
 

@@ -21,7 +21,7 @@ from runner.engine.continuous import ContinuousGenerator
 from runner.engine.generate import GenerateGenerator, unsupported_options
 from runner.engine.loading import AttentionSupport, Devices, describe_loading, load_model, load_tokenizer
 from runner.engine.padded import PaddedGenerator
-from runner.engine.race import MIN_ROWS, Race
+from runner.engine.race import Race
 from runner.engine.scoring import LoglikelihoodScorer, ScoreRequest, ScoreResult
 from runner.engine.strategy import probe_failure, strategy_plan
 from runner.engine.types import Completion, Progress, Request
@@ -50,13 +50,18 @@ class Engine:
         batching: BatchingConfig | None = None,
         placement: PlacementConfig | None = None,
         devices: Devices | None = None,
+        rows_ahead: int | None = None,
     ):
+        """`rows_ahead`: how many rows this engine is expected to generate in all (a job's rows over
+        its replicas), which decides whether `auto` may race its strategies (runner.engine.race);
+        None: each call's own rows decide."""
         self.devices = devices or Devices.detect()
         self.tokenizer = load_tokenizer(model)
         self.model = adapters.apply(load_model(model, placement or PlacementConfig(), self.devices), model)
         self.sampling = sampling
         self.batching = batching or BatchingConfig()
         self.architecture = Architecture.of(self.model)
+        self.rows_ahead = rows_ahead
         plan = strategy_plan(self.batching.strategy, model_devices(self.model), self.architecture)
         plan = adapters.plan_for(plan, model, REFUSALS["padded"](self.architecture))
         self.strategy, self.strategy_reason, self.generator = self._start(plan)
@@ -106,8 +111,15 @@ class Engine:
         rival = next((s for s, _ in plan if s in RACED and s != self.strategy), None)
         if rival is None:
             return None
-        self.strategy_reason += f"; raced against {rival} on the first call of {MIN_ROWS}+ rows"
-        return Race(self.strategy, rival, self._try)
+        race = Race(self.strategy, rival, self._try, rows=self.batching.max_batch_size)
+        if self.rows_ahead is not None and self.rows_ahead < race.pays_from:
+            self.strategy_reason += (
+                f"; not raced against {rival}: {self.rows_ahead} rows ahead of this replica, "
+                f"a trial pays from {race.pays_from}"
+            )
+            return None
+        self.strategy_reason += f"; raced against {rival} on the first call of {race.min_rows}+ rows"
+        return race
 
     def _check_options(self, model: ModelConfig, sampling: SamplingConfig) -> None:
         """Generation options the running strategy cannot honour fail at start, naming the option.
@@ -170,7 +182,13 @@ class Engine:
 
     def _generate(self, requests: list[Request]) -> list[Completion]:
         race = self.race
-        if race is not None and not race.decided and len(requests) >= MIN_ROWS:
+        ahead = self.rows_ahead if self.rows_ahead is not None else len(requests)
+        if (
+            race is not None
+            and not race.decided
+            and len(requests) >= race.min_rows
+            and ahead >= race.pays_from
+        ):
             raced = race.run(self.generator, requests)
             if raced is not None:
                 self.generator, done = raced

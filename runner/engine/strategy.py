@@ -22,14 +22,17 @@ PROBE_TEXTS = ["Hello", "The quick brown fox jumps over the lazy dog, twice over
 
 
 def preferred_strategy(devices: set[str]) -> str:
-    """The strategy `auto` starts with when both are exact for the model: on one device the engine
-    then races it against the other on the job's first rows and keeps the faster (runner.engine.race).
+    """The strategy `auto` starts with when both are exact for the model: on one device, in a job
+    long enough for a trial to pay, the engine then races it against the other on the job's first
+    rows and keeps the faster (runner.engine.race).
 
     continuous for a model on one CUDA GPU; padded on CPU and for a model split over devices.
-    CPU: scripts/bench.py measured padded ahead of continuous in most runs (3.4-4.5x vs 3.1-3.5x the
-    baseline, README; continuous ahead in one of five), because there a step's cost grows with the
-    rows in it, so the padded loop's shrinking batches lose little, while continuous batching pays its
-    scheduler and paged-cache bookkeeping at every step. One GPU: a decode step costs about the same
+    CPU: scripts/bench.py on a quiet 2-core machine (2026-12-04, small-llama fp32, greedy) measured
+    padded ahead of or level with continuous on every mix tried: 112 rows of 16-1,024 prompt tokens
+    and 8-128 new, 479 vs 400 tokens/s; 256 such rows, 533 vs 499; 256 rows of 16-64 prompt tokens
+    and 8-256 new, 1,662 vs 1,044; 64 rows of 16-512 and 8-64, 447 vs 448. There a step's cost grows
+    with the rows in it, so the padded loop's shrinking batches lose little, while continuous batching
+    pays its scheduler and paged-cache bookkeeping at every step. One GPU: a decode step costs about the same
     for 8 rows as for 256, so keeping every step full (finished rows replaced at once, prompts packed
     without padding) is what pays; not yet measured here (no GPU in the sessions so far). Split models:
     the paged KV cache lives on the model's first device, while padded's cache follows each layer's.
