@@ -105,8 +105,9 @@ class BatchingConfig(_Strict):
         "auto",
         description="padded: length-sorted static batches, finished rows leave; continuous: packed, paged KV "
         "cache, rows join and leave every step; generate: model.generate on equal-length prompts (any "
-        "model, e.g. state-space); auto: among the strategies exact for the model, padded or continuous, whichever "
-        "computes the job's first rows faster (measured on a sample of them, their outputs kept)",
+        "model, e.g. state-space); auto: among the strategies exact for the model, the device's (padded on CPU, "
+        "continuous on one GPU), raced against the other on a full batch each (outputs kept) when a replica has "
+        "16 batches of rows or more ahead",
     )
     token_budget: int | None = Field(
         None,
