@@ -239,10 +239,10 @@ class Job:
             writer.close()
 
     def _summary(self, pool: cluster.Pool | None, stats: JobStats, status: str, restarts: int | None) -> dict:
-        rows, errors = self.dir.counts()
+        rows, errors = self.dir.catalogue.counts()
         extra = {}
         if status != "running":  # a full read of the ids: once, at the end
-            extra["output_ids_distinct"] = self.dir.distinct_ids()
+            extra["output_ids_distinct"] = self.dir.catalogue.distinct_ids()
         return build_summary(
             self.cfg,
             stats,

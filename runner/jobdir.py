@@ -203,14 +203,6 @@ class JobDir:
         """Remove parts a superseded holder linked after losing the lease (they never count)."""
         return self.catalogue.sweep(self.fence)
 
-    def distinct_ids(self) -> int:
-        """How many distinct ids the committed parts hold (equals the row count unless ids repeat)."""
-        return self.catalogue.distinct_ids()
-
-    def counts(self) -> tuple[int, int]:
-        """(rows, error rows) over every committed part: all runs of a resumed job together."""
-        return self.catalogue.counts()
-
     def summary(self) -> dict | None:
         """The summary document of the last run here, or None."""
         return outputs.read_summary(self.fs, self.root)
@@ -226,10 +218,6 @@ class JobDir:
     def write_document(self, name: str, document: dict) -> None:
         """Write a job kind's own JSON document atomically, fenced like the summary."""
         outputs.write_json(self.fs, self.root, name, document, self.fence)
-
-    def has_parts(self) -> bool:
-        """Whether any part file is committed here."""
-        return bool(self.catalogue.numbers())
 
 
 def check_schema_version(previous: dict, path: str, has_parts: bool) -> None:

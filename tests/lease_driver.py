@@ -195,11 +195,11 @@ def drive(args) -> int:
         if hasattr(out, "mark_duplicate_ids"):
             out.mark_duplicate_ids()
             out.sweep()
-        rows_, errors = out.counts()
+        rows_, errors = out.catalogue.counts()
         counts = {
             "output_rows": rows_,
             "output_rows_error": errors,
-            "output_ids_distinct": out.distinct_ids(),
+            "output_ids_distinct": out.catalogue.distinct_ids(),
         }
         out.write_summary({"status": "done", "pid": os.getpid(), "generated": len(todo), **counts})
     return 0

@@ -139,7 +139,7 @@ def test_a_driver_whose_lease_was_taken_over_stops_committing(tmp_path):
     writer = outputs.PartWriter(*filesystem(str(out)), 2, fence=frozen.check, generation=frozen.generation)
     with pytest.raises(LeaseLost, match="taken over"):
         writer.write(result_table(0, 2))
-    assert not JobDir(str(out)).has_parts()
+    assert not JobDir(str(out)).catalogue.numbers()
     new.release()
 
 
@@ -170,7 +170,7 @@ def test_a_part_linked_after_the_lease_was_lost_is_undone_and_never_counts(tmp_p
     late.write(result_table(2, 2))
     new = takeover["dir"]
     assert new.catalogue.zombies() == [1] and sorted(new.done_ids().to_pylist()) == ["00000000", "00000001"]
-    assert new.sweep() == ["part-00001.parquet"] and new.counts() == (2, 0)
+    assert new.sweep() == ["part-00001.parquet"] and new.catalogue.counts() == (2, 0)
     new.release()
 
 
@@ -186,14 +186,14 @@ def test_commits_never_replace_a_part_and_temp_names_are_unique(tmp_path):
     assert names == ["part-00000.parquet", "part-00001.parquet"]
     ids = sorted(JobDir(out).done_ids().to_pylist())
     assert ids == [f"{i:08d}" for i in range(4)]
-    assert JobDir(out).distinct_ids() == 4
+    assert JobDir(out).catalogue.distinct_ids() == 4
 
 
 def test_buffered_rows_are_committed_after_flush_seconds_not_rows_per_file(tmp_path):
     writer = outputs.PartWriter(*filesystem(str(tmp_path)), 1000, flush_seconds=0.3)
     writer.write(result_table(0, 3))
     writer.flush_due()
-    assert not JobDir(str(tmp_path)).has_parts()  # younger than flush_seconds
+    assert not JobDir(str(tmp_path)).catalogue.numbers()  # younger than flush_seconds
     time.sleep(0.35)
     writer.flush_due()  # what the job's timer thread calls while it waits for the next batch
     assert pq.read_table(tmp_path / "part-00000.parquet").num_rows == 3
@@ -260,9 +260,9 @@ def test_output_of_an_earlier_version_resumes_and_counts_whole(tmp_path):
     assert sorted(job_dir.done_ids().to_pylist()) == [f"{i:08d}" for i in range(3)]
     with job_dir.writer(2) as writer:
         writer.write(result_table(3, 2))
-    assert job_dir.counts() == (5, 0) and job_dir.catalogue.zombies() == []
+    assert job_dir.catalogue.counts() == (5, 0) and job_dir.catalogue.zombies() == []
     job_dir.release()
-    assert JobDir(str(out)).distinct_ids() == 5
+    assert JobDir(str(out)).catalogue.distinct_ids() == 5
 
 
 def test_a_taker_judges_a_lease_by_its_holders_timeout_never_its_own(tmp_path):

@@ -38,7 +38,7 @@ def mean_stderr(values: list[float]) -> tuple[float | None, float | None]:
 
 def read_rows(path: str, columns: list[str] | None = None) -> pa.Table:
     """The committed rows of an eval output directory (parts only)."""
-    if not JobDir(path).has_parts():
+    if not JobDir(path).catalogue.numbers():
         raise InputError(f"{path}: no part files (not an eval run directory?)")
     try:
         table = pq.read_table(path, columns=columns)
