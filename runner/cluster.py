@@ -235,11 +235,6 @@ def cpu_threads(pool: Pool) -> int | None:
     return max(1, cores // pool.replicas)
 
 
-def _rows_to_do(table) -> int:
-    """A table's rows, or a streamed input's planned rows still to do (`JobDir.pending`)."""
-    return table.num_rows if isinstance(table, pa.Table) else table.rows
-
-
 def run_stage(table, cfg: JobConfig, pool: Pool, stage: type) -> Iterator[pa.Table]:
     """Stream output batches of `stage` (a job kind's Ray Data UDF class, constructed on each replica
     with `cfg=`, `cpu_threads=` and `rows_ahead=`: the rows to do over the replicas) run by the
@@ -272,7 +267,7 @@ def run_stage(table, cfg: JobConfig, pool: Pool, stage: type) -> Iterator[pa.Tab
         fn_constructor_kwargs={
             "cfg": cfg,
             "cpu_threads": cpu_threads(pool),
-            "rows_ahead": -(-_rows_to_do(table) // pool.replicas),
+            "rows_ahead": -(-table.num_rows // pool.replicas),
         },
         batch_size=rows,
         batch_format="pyarrow",

@@ -150,12 +150,12 @@ class Job:
         todo, skipped = self.dir.pending(table)
         log.info(
             "%d rows to do (%d already done), %d replica(s) x %d GPU",
-            _rows(todo),
+            todo.num_rows,
             skipped,
             pool.replicas,
             pool.gpus_per_replica,
         )
-        stats = JobStats(rows_skipped=skipped, rows_retried=retried, rows_todo=_rows(todo))
+        stats = JobStats(rows_skipped=skipped, rows_retried=retried, rows_todo=todo.num_rows)
         stats.started, stats.started_at = started.started, started.started_at
         return pool, todo, stats
 
@@ -170,8 +170,8 @@ class Job:
     def _stream(self, pool: cluster.Pool, todo, stats: JobStats, signals: StopSignals) -> dict:
         """Stream the stage's output into part files; the summary records how it ended, always."""
         restarts: cluster.RestartCounter | None = None
-        board = open_board(self.cfg.output.path) if _rows(todo) else None
-        progress = Progress(_rows(todo), pool.replicas, board)
+        board = open_board(self.cfg.output.path) if todo.num_rows else None
+        progress = Progress(todo.num_rows, pool.replicas, board)
 
         def finish(status: str) -> dict:
             with signals.hold():
@@ -197,7 +197,7 @@ class Job:
             restarts = cluster.RestartCounter()
             finish("running")  # before the first part: a killed run still says which config wrote them
             flusher = _Flusher(writer, out.flush_seconds)
-            batches = cluster.results(todo, self.cfg, pool, self.stage) if _rows(todo) else []
+            batches = cluster.results(todo, self.cfg, pool, self.stage) if todo.num_rows else []
             for batch in batches:
                 with signals.hold():  # a deferred signal fires after both: the summary counts the rows
                     writer.write(batch)
@@ -257,11 +257,6 @@ class Job:
             **extra,
             **self.summary_extra(self.dir),
         )
-
-
-def _rows(todo) -> int:
-    """Rows to do: a table's rows, or a streamed input's planned count (see `JobDir.pending`)."""
-    return todo.num_rows if isinstance(todo, pa.Table) else todo.rows
 
 
 class _Flusher:

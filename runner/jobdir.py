@@ -27,10 +27,11 @@ log = logging.getLogger(__name__)
 
 
 class Pending:
-    """A streamed input's rows still to do (`rows`: the planned count); `dataset()` reads them."""
+    """A streamed input's rows still to do (`num_rows`: the planned count, named as a table's, so a
+    job treats both alike); `dataset()` reads them."""
 
     def __init__(self, source, done: pa.Array, rows: int):
-        self.source, self._done, self.rows = source, done, rows
+        self.source, self._done, self.num_rows = source, done, rows
 
     def dataset(self, block_rows: int):
         """The lazy Ray Dataset of the rows not done, in blocks of `block_rows` (one Ray Data batch
