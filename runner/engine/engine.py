@@ -182,13 +182,7 @@ class Engine:
 
     def _generate(self, requests: list[Request]) -> list[Completion]:
         race = self.race
-        ahead = self.rows_ahead if self.rows_ahead is not None else len(requests)
-        if (
-            race is not None
-            and not race.decided
-            and len(requests) >= race.min_rows
-            and ahead >= race.pays_from
-        ):
+        if race is not None and race.due(len(requests), self.rows_ahead):
             raced = race.run(self.generator, requests)
             if raced is not None:
                 self.generator, done = raced

@@ -60,6 +60,12 @@ class Race:
     def decided(self) -> bool:
         return self.decision is not None
 
+    def due(self, call_rows: int, rows_ahead: int | None) -> bool:
+        """Whether a call of `call_rows` rows decides: still undecided, big enough for the trial, and
+        enough rows ahead for a trial to pay (the call's own when the job's are not known)."""
+        ahead = rows_ahead if rows_ahead is not None else call_rows
+        return not self.decided and call_rows >= self.min_rows and ahead >= self.pays_from
+
     def run(self, generator, requests: list[Request]) -> tuple[object, list[Completion]] | None:
         """Race on these rows if still undecided: (the winner's generator, every row's completion);
         None when already decided (by another caller, too: the caller runs on the winner)."""
