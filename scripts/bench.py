@@ -416,14 +416,28 @@ def main(argv=None) -> int:
                 results.extend(run_vllm(args.vllm_python, model_cfg, rows, mode, Path(tmp)))
         else:
             results.append(run_engine(name, model_cfg, rows, batching))
-    base = next((r for r in results if r.name == "baseline"), results[0])
-    table = [r.row(base, base.texts) for r in results]
+        if args.json:  # after each contender: a run stopped at a time limit keeps what it measured
+            write_json(args.json, mode, results)
+    table = write_json(args.json, mode, results) if args.json else ratios(results)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU x{os.cpu_count()}"
     print(f"\nworkload: {mode} on {device}, torch threads {torch.get_num_threads()}\n")
     print_table(table)
-    if args.json:
-        args.json.write_text(json.dumps({"workload": mode, "device": device, "results": table}, indent=2))
     return 0
+
+
+def ratios(results: list[Result]) -> list[dict]:
+    """The table: each contender against the baseline (the first contender when it did not run)."""
+    base = next((r for r in results if r.name == "baseline"), results[0])
+    return [r.row(base, base.texts) for r in results]
+
+
+def write_json(path: Path, mode: dict, results: list[Result]) -> list[dict]:
+    import torch
+
+    table = ratios(results)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU x{os.cpu_count()}"
+    path.write_text(json.dumps({"workload": mode, "device": device, "results": table}, indent=2))
+    return table
 
 
 def shared_prefix(args: argparse.Namespace) -> int:

@@ -2,21 +2,24 @@
 # The GPU check of issue 18 in one command: every step in order, each under its own `timeout`, every
 # result written under $OUT as the step runs (a step that fails or times out loses none before it).
 #
-#   scripts/gpu_check.sh            run every step (about 8 minutes on an H100/H200; limits sum to 565 s)
+#   scripts/gpu_check.sh            run every step (about 8 minutes on an H100/H200; limits sum to 560 s)
 #   scripts/gpu_check.sh --dry-run  every step skips and says what it would run; exits 0
 #   scripts/gpu_check.sh --fetch-wheels   fill .whl/ here with what the image lacks (below)
 #   GPU_CHECK_STEPS="bench quant" scripts/gpu_check.sh   only these steps (a rerun after a timeout;
 #       GPU_CHECK_LIMIT_BENCH=400 and the like raise one step's limit)
 #
 # Steps (limit in seconds):  env 15 (nvidia-smi, versions, pip list)  install 30 (carried wheels, always)
-#   model 60 (build demo bench-1b once)  tests 90 (pytest -m gpu)  exact 130 (scripts/gpu_exact.py:
-#   padded and continuous in bf16 against the bf16 and fp32 oracles)
-#   bench 180 (scripts/bench.py --gpu)  quant 60 (scripts/gpu_quant.py: bitsandbytes 4-bit vs bf16)
+#   model 60 (build demo bench-1b once)  tests 90 (pytest -m gpu: every strategy, 4-bit and 8-bit, cascade
+#   attention, a GPU + CPU device map, out-of-memory, the token budget)  exact 90 (scripts/gpu_exact.py:
+#   padded and continuous in bf16 against the bf16 and fp32 oracles)  bench 170 (scripts/bench.py --gpu,
+#   naive generate and each strategy in one run)  quant 60 (scripts/gpu_quant.py: bitsandbytes 4-bit vs
+#   bf16 on the same rows, the planner's predicted memory beside what was used)  prefix 45
+#   (scripts/bench.py --workload shared-prefix --parts engine: cascade attention against the copy path)
 # Without CUDA every step but env skips, saying why; --dry-run skips env too.
 #
-# $OUT (default /tmp/gpu_check_out) gets at most 7 files, as the device tool returns at most 8:
+# $OUT (default /tmp/gpu_check_out) gets at most 8 files, as the device tool returns at most 8:
 #   summary.txt (one line per step: ok / failed / timed out / skipped, seconds), log.txt (every step's
-#   output), env.txt, pytest.txt, exact.json, bench.json, quant.json.
+#   output), env.txt, pytest.txt, exact.json, bench.json, quant.json, prefix.json.
 #
 # What the device image lacks travels in .whl/ (ignored by .gitignore; name it in the tool's `carry`).
 # `scripts/gpu_check.sh --fetch-wheels` fills it here (pip download, the versions of constraints.txt,
@@ -41,7 +44,7 @@ cd "$(dirname "$0")/.." || exit 2
 REPO=$PWD
 OUT=${OUT:-/tmp/gpu_check_out}
 PY=${PYTHON:-python3}
-STEPS=${GPU_CHECK_STEPS:-env install model tests exact bench quant}
+STEPS=${GPU_CHECK_STEPS:-env install model tests exact bench quant prefix}
 DRY=0
 case "${1:-}" in
 --dry-run) DRY=1 ;;
@@ -155,13 +158,14 @@ if step install 30 1 "$LOG" "$INSTALL_CMD"; then
 fi
 step model 60 1 "$LOG" "$MODEL_CMD"
 step tests 90 1 "$OUT/pytest.txt" "$TESTS_CMD"
-step exact 130 1 "$LOG" "$PY scripts/gpu_exact.py --json $OUT/exact.json"
-step bench 180 1 "$LOG" "$PY scripts/bench.py --gpu --only baseline padded continuous --json $OUT/bench.json"
+step exact 90 1 "$LOG" "$PY scripts/gpu_exact.py --json $OUT/exact.json"
+step bench 170 1 "$LOG" "$PY scripts/bench.py --gpu --only baseline padded continuous --json $OUT/bench.json"
 step quant 60 1 "$LOG" "$PY scripts/gpu_quant.py --prompts 96 --json $OUT/quant.json"
+step prefix 45 1 "$LOG" "$PY scripts/bench.py --workload shared-prefix --parts engine --json $OUT/prefix.json"
 
 echo "--- summary"
 cat "$SUMMARY"
-for f in "$OUT"/bench.json "$OUT"/exact.json "$OUT"/quant.json; do
+for f in "$OUT"/bench.json "$OUT"/exact.json "$OUT"/quant.json "$OUT"/prefix.json; do
 	[ -s "$f" ] && echo "--- $(basename "$f")" && head -c 3000 "$f" && echo
 done
 [ "$DRY" = 1 ] && exit 0

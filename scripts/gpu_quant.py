@@ -5,7 +5,10 @@ engine with `batching.strategy: auto` (bench.run_engine: all rows in one generat
 warm-up run first keeps CUDA's one-time costs (context, cuBLAS handles) out of the bf16 figure. Each
 row gives useful generated tokens/s, the ratio to bf16, peak device memory (weights included) and
 the share of rows whose text equals bf16's (quantized weights are another model: no equality is expected,
-the share says how far greedy outputs move). The JSON is rewritten after each mode.
+the share says how far greedy outputs move). Beside each measurement, what the memory planner
+(runner.planning, what `runner plan` prints) predicted for the same model, precision and device: the
+weights' bytes against the loaded model's footprint, and the token budget it expects the engine to set.
+The JSON is rewritten after each mode.
 """
 
 from __future__ import annotations
@@ -27,6 +30,34 @@ def model_config(name: str, mode: str):
 
     quant = {"mode": "none"} if mode == "bf16" else {"mode": mode, "quant_type": "nf4", "double_quant": True}
     return ModelConfig(path=f"demo:{name}", dtype="bfloat16", quantization=quant)
+
+
+def predicted(model_cfg, batching: dict) -> dict:
+    """The planner's figures for this model on this machine's GPU (runner.planning.plan)."""
+    from runner.config import build_config
+    from runner.planning import Hardware, plan
+
+    # A plan reads the model and batching only; data and output are required fields of any job.
+    job = {"data": {"source": "rows.jsonl"}, "output": {"path": "plan-only"}}
+    cfg = build_config({"model": model_cfg.model_dump(), "batching": batching, **job})
+    p = plan(cfg, Hardware.this_machine())
+    return {
+        "planned_weights_gib": round(p.weights / 2**30, 3),
+        "planned_token_budget": p.token_budget,
+        "planned_rows_in_flight": p.rows_in_flight,
+        "plan_verdict": p.verdict,
+    }
+
+
+def footprint_gib(model_cfg) -> float:
+    """The loaded model's own bytes (weights and buffers) as transformers counts them."""
+    from runner.config import PlacementConfig
+    from runner.engine.loading import load_model
+
+    model = load_model(model_cfg, PlacementConfig())
+    size = model.get_memory_footprint() / 2**30
+    del model
+    return round(size, 3)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,7 +112,13 @@ def main(argv=None) -> int:
             "vs_baseline": "vs_bf16",
             "same_text_as_baseline": "same_text_as_bf16",
         }
-        report["results"].append({"mode": mode} | {names.get(k, k): v for k, v in row.items()})
+        entry = {"mode": mode} | {names.get(k, k): v for k, v in row.items()}
+        try:
+            entry |= predicted(model_config(args.model, mode), batching)
+            entry["loaded_weights_gib"] = footprint_gib(model_config(args.model, mode))
+        except Exception as err:  # noqa: BLE001 - the planner's miss is a finding, not a reason to stop
+            entry["plan_error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        report["results"].append(entry)
         if args.json:
             args.json.write_text(json.dumps(report, indent=1))
         gc.collect()  # the previous engine's caches go back before the next one sizes its own

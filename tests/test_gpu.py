@@ -1,4 +1,5 @@
-"""The engine on a CUDA GPU: bf16 + SDPA, bitsandbytes, a GPU + CPU device map, out-of-memory, the token budget.
+"""The engine on a CUDA GPU: bf16 + SDPA, bitsandbytes, cascade attention over a shared prefix, a GPU + CPU
+device map, out-of-memory, the token budget.
 
 Skipped where no CUDA GPU is visible (run them with `scripts/gpu_check.sh` on a lent GPU). Real models
 (the demo small-llama, random weights), real device memory: the out-of-memory test caps this process's
@@ -22,7 +23,7 @@ import pytest
 import torch
 
 from runner.config import BatchingConfig, ModelConfig, PlacementConfig, SamplingConfig
-from runner.engine import Engine, Request
+from runner.engine import Engine, Request, cascade
 from runner.engine.engine import model_devices
 from runner.engine.loading import load_model
 from runner.engine.memory import bytes_per_token
@@ -106,6 +107,26 @@ def test_bf16_sdpa_every_strategy_against_unbatched_generate(small_model, oracle
     finally:
         engine.close()
     check_against_oracle(oracle_bf16, requests, done, f"bf16 {strategy}")
+
+
+def test_cascade_attention_over_a_shared_prefix_on_cuda(small_model, oracle_bf16):
+    """Rows of one long system prompt on the padded engine in bf16: the prefix is read from one copy by
+    cascade attention (not copied into each row's cache), and every row stays within the oracle's top-k."""
+    system = "You are a careful assistant. Answer in one short sentence. " * 24
+    questions = [f"Question {i}: {q}" for i, q in enumerate(PROMPTS)]
+    engine = Engine(
+        bf16(small_model),
+        SamplingConfig(max_new_tokens=24),
+        BatchingConfig(strategy="padded", prefix_sharing=True),
+    )
+    try:
+        requests = requests_for(engine, [system + q for q in questions], [24, 5, 17, 9, 1, 12])
+        before = cascade.calls
+        done = engine.generate(requests)
+        assert engine.generator.layout.copying is None and cascade.calls > before, "cascade did not run"
+    finally:
+        engine.close()
+    check_against_oracle(oracle_bf16, requests, done, "bf16 padded, cascade over a shared prefix")
 
 
 @pytest.mark.parametrize("mode", ["4bit", "8bit"])
