@@ -342,3 +342,31 @@ def test_ray_working_dir_files_are_what_the_upload_would_ship(tmp_path):
     assert "weights.bin" not in shipped and "scratch/notes.txt" not in shipped, broke(
         "ray._private.runtime_env.packaging._get_excludes / .gitignore", "ray"
     )
+
+
+def test_varlen_attention_is_spelled_from_the_installed_signature(monkeypatch):
+    """torch 2.13's varlen kernel takes `enable_gqa` and `window_size`, torch 2.11's neither: grouped
+    heads are repeated for the older one, and a windowed layer is left to the caller (None)."""
+    import inspect
+
+    import torch
+
+    from runner.compat import torch as compat_torch
+
+    fn, takes = compat_torch._varlen()
+    if fn is not None:  # what this torch's kernel takes is what the call may pass
+        assert {"scale"} <= takes, inspect.signature(fn)
+    seen = {}
+
+    def old_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None):
+        seen.update(heads=(query.shape[1], key.shape[1], value.shape[1]), scale=scale)
+        return query
+
+    monkeypatch.setattr(
+        compat_torch, "_varlen", lambda: (old_varlen, frozenset(inspect.signature(old_varlen).parameters))
+    )
+    q, kv = torch.zeros(5, 8, 4), torch.zeros(5, 2, 4)
+    cu = torch.tensor([0, 5], dtype=torch.int32)
+    assert compat_torch.varlen_attention(q, kv, kv, cu, cu, 5, 5, 0.5, None) is q
+    assert seen == {"heads": (8, 8, 8), "scale": 0.5}
+    assert compat_torch.varlen_attention(q, kv, kv, cu, cu, 5, 5, 0.5, 4) is None

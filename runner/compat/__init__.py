@@ -14,6 +14,7 @@ Everywhere else the code uses public APIs only. `CHECKED` is what the last lock 
 - `transformers`: model classes and their flags, caches, remote code, adapters, sizing without weights;
 - `transformers_batching`: continuous batching's manager, per-request processors, paged cache, and
   the calling convention of attention functions;
+- `torch`: the varlen attention kernel's keyword arguments;
 - `ray`: the actor table, Ray Data read-task metadata and actor-pool restart bounds, the files a job's working directory ships;
 - `xgrammar`: JSON-schema grammar text.
 
@@ -26,6 +27,7 @@ from runner.compat.ray import (
     ray_working_dir_files,
     read_task_metadata,
 )
+from runner.compat.torch import varlen_attention, varlen_available
 from runner.compat.transformers import (
     adapter_switching_problem,
     attn_implementation,
@@ -113,5 +115,7 @@ __all__ = [
     "request_processor_state",
     "set_manager_processors",
     "version",
+    "varlen_attention",
+    "varlen_available",
     "versions_line",
 ]

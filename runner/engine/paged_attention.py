@@ -40,21 +40,14 @@ calls = 0
 
 
 def _varlen_kernel_usable(query: torch.Tensor) -> bool:
-    if not (query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)):
-        return False
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and compat.varlen_available()
 
 
-def _torch_varlen(query, key, value, kwargs: dict, scaling, window: int | None) -> torch.Tensor:
-    """[1, heads, q, d] -> [1, q, heads, d] with PyTorch's varlen FlashAttention (bottom-right causal)."""
-    from torch.nn.attention.varlen import varlen_attn
-
+def _torch_varlen(query, key, value, kwargs: dict, scaling, window: int | None) -> torch.Tensor | None:
+    """[1, heads, q, d] -> [1, q, heads, d] with PyTorch's varlen FlashAttention (bottom-right causal);
+    None where this torch's kernel cannot run the layer (runner.compat.torch)."""
     cu_q, cu_k, max_q, max_k = compat.packed_lengths(kwargs)
-    out = varlen_attn(
+    out = compat.varlen_attention(
         query[0].transpose(0, 1),
         key[0].transpose(0, 1),
         value[0].transpose(0, 1),
@@ -62,11 +55,10 @@ def _torch_varlen(query, key, value, kwargs: dict, scaling, window: int | None) 
         cu_k.to(torch.int32),
         int(max_q),
         int(max_k),
-        scale=scaling,
-        window_size=(window - 1 if window else -1, 0),
-        enable_gqa=key.shape[1] != query.shape[1],
+        scaling,
+        window,
     )
-    return out.unsqueeze(0)
+    return None if out is None else out.unsqueeze(0)
 
 
 def visible(q_len: int, k_len: int, window: int | None, device) -> torch.Tensor | None:
@@ -144,7 +136,9 @@ def _paged(module, query, key, value, cache, scaling, kwargs: dict, eager: bool)
     calls += 1
     plain = not (eager or layer["softcap"] is not None or layer["sinks"] is not None)
     if plain and _varlen_kernel_usable(query):
-        return _torch_varlen(query, key, value, kwargs, scaling, layer["window"]).contiguous(), None
+        out = _torch_varlen(query, key, value, kwargs, scaling, layer["window"])
+        if out is not None:
+            return out.contiguous(), None
     return _sequence_loop(query, key, value, kwargs, scaling, layer).contiguous(), None
 
 
