@@ -34,7 +34,10 @@ def preferred_strategy(devices: set[str]) -> str:
     with the rows in it, so the padded loop's shrinking batches lose little, while continuous batching
     pays its scheduler and paged-cache bookkeeping at every step. One GPU: a decode step costs about the same
     for 8 rows as for 256, so keeping every step full (finished rows replaced at once, prompts packed
-    without padding) is what pays; not yet measured here (no GPU in the sessions so far). Split models:
+    without padding) is what pays. On one H200 (2026-12-04, docs/performance.md#gpu) `continuous` failed
+    its start probe on torch 2.11 (fixed since, in runner.compat.torch) and `padded` ran at the naive
+    baseline's speed on 96 rows: neither is measured at its best there yet, so this stays the rule
+    until they are (the race below still keeps the faster on a long job). Split models:
     the paged KV cache lives on the model's first device, while padded's cache follows each layer's.
     """
     single_gpu = len(devices) == 1 and next(iter(devices)).startswith("cuda")
