@@ -233,8 +233,8 @@ def run_ray_job(model_cfg, rows: list[dict], batching: dict, workdir: Path) -> R
     import ray
 
     from jobs.generate.job import run
-    from runner.cluster import connect
     from runner.config import build_config
+    from runner.orchestration.cluster import connect
 
     source = workdir / "bench.jsonl"
     source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

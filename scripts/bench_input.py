@@ -90,7 +90,7 @@ def measure(mode: str, source: str, out: str, limit: int) -> dict:
         import pyarrow.compute as pc
 
         from runner.io.inputs import read_input
-        from runner.jobdir import JobDir
+        from runner.io.jobdir import JobDir
 
         table = read_input(cfg)
         done = JobDir(out).done_ids()
@@ -100,8 +100,8 @@ def measure(mode: str, source: str, out: str, limit: int) -> dict:
     elif mode in ("stream", "resume-stream"):
         import ray
 
+        from runner.io.jobdir import JobDir
         from runner.io.stream import open_input
-        from runner.jobdir import JobDir
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
         start = time.perf_counter()  # Ray's start-up (seconds, whatever the input) is not the reader's

@@ -201,7 +201,7 @@ def run_ours(model: str, mc: Path, qa: Path, out: Path) -> dict:
 
 def crosscheck(work: Path, model: str = "demo:tiny-llama", lm_eval_args: str = "") -> tuple[bool, list[str]]:
     """Run both on the same tasks in `work`; (everything equal?, the report's lines)."""
-    from runner.demo_model import is_demo, resolve_demo
+    from runner.engine.demo_model import is_demo, resolve_demo
 
     work.mkdir(parents=True, exist_ok=True)
     path = resolve_demo(model) if is_demo(model) else model

@@ -143,7 +143,7 @@ INSTALL_CMD='ls .whl/*.whl >/dev/null 2>&1 || { echo "no wheels in .whl/ (see th
 PYTHONPATH='"$SITE"':$PYTHONPATH '"$PY"' -c "import bitsandbytes, pydantic, transformers, runner.engine, runner.config, sys
 print(\"bitsandbytes\", bitsandbytes.__version__, \"pydantic\", pydantic.__version__, \"transformers\", transformers.__version__, \"ray imported:\", \"ray\" in sys.modules)"'
 
-MODEL_CMD="$PY -c \"from runner.demo_model import resolve_demo; print(resolve_demo('demo:bench-1b'))\""
+MODEL_CMD="$PY -c \"from runner.engine.demo_model import resolve_demo; print(resolve_demo('demo:bench-1b'))\""
 
 TESTS_CMD="$PY -m pytest \$(grep -l 'pytest.mark.gpu' tests/*.py) -m gpu -rA -p no:cacheprovider --timeout 80"
 

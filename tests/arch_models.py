@@ -320,7 +320,7 @@ def params(specs: list[Spec]) -> list:
 
 def build_tokenizer(root: Path, variant: str):
     """The demo's BPE tokenizer, adjusted to a variant (no pad token, no BOS)."""
-    from runner.demo_model import build_tokenizer as demo_tokenizer
+    from runner.engine.demo_model import build_tokenizer as demo_tokenizer
 
     tokenizer = demo_tokenizer(VOCAB)
     if variant == "no-pad":
@@ -349,7 +349,7 @@ def build(spec: Spec, root: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # Near-uniform random logits make greedy choices fragile ties; a wider head makes them decisive
-    # (as runner.demo_model does), so batched and unbatched runs agree unless the batching is wrong.
+    # (as runner.engine.demo_model does), so batched and unbatched runs agree unless the batching is wrong.
     with torch.no_grad():
         model.get_output_embeddings().weight.normal_(0, 0.5)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

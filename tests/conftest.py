@@ -42,7 +42,7 @@ def root_logging():
 @pytest.fixture(scope="session")
 def tiny_model(runner_cache) -> str:
     """Path of the tiny Llama demo model (random weights, trained BPE tokenizer, chat template)."""
-    from runner.demo_model import resolve_demo
+    from runner.engine.demo_model import resolve_demo
 
     return resolve_demo("demo:tiny-llama")
 

@@ -1,5 +1,5 @@
 """A small driver for the adversity tests: the real lease and output-directory commit code
-(`runner.jobdir.JobDir`, as `runner.job.Job` uses it) with a tiny deterministic row producer instead
+(`runner.io.jobdir.JobDir`, as `runner.orchestration.job.Job` uses it) with a tiny deterministic row producer instead
 of a model on Ray, so eight of them start in well under a second and race for real.
 
     python tests/lease_driver.py OUT ROWS [--freeze POINT] [--start-at T] [--timeout S] ...
@@ -30,7 +30,7 @@ and `--overwrite` removes the committed parts first (`JobDir.clear`); `--freeze 
 its lease check, before it deletes anything.
 
 `--fail ID,ID` makes those rows engine errors (`error_kind` engine), which `--retry-errors` generates
-again. The "done" summary counts the committed rows as `runner.job.Job`'s does.
+again. The "done" summary counts the committed rows as `runner.orchestration.job.Job`'s does.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ import pyarrow.parquet as pq
 
 from runner.errors import OutputError
 from runner.io.catalogue import Catalogue
+from runner.io.jobdir import JobDir
 from runner.io.lease import Lease, LeaseLost
-from runner.jobdir import JobDir
 
 _frozen: set[str] = set()
 

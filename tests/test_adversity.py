@@ -1,7 +1,7 @@
 """Nothing lost, nothing twice, under adversity: racing drivers, frozen holders, other pid namespaces.
 
 The drivers are separate processes running `tests/lease_driver.py`: the real lease and the real
-output-directory commit code (`runner.jobdir.JobDir`, what `runner.job.Job` uses) with a tiny
+output-directory commit code (`runner.io.jobdir.JobDir`, what `runner.orchestration.job.Job` uses) with a tiny
 deterministic row producer in place of a model on Ray. Eight Ray jobs would each start a Ray
 instance and load a model (a minute each on this 2-core machine), so they could never start within
 the same millisecond; these start together (`--start-at`) and race for the lease for real, twenty

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 
 from runner import compat
-from runner.cluster import replica_remote_args
 from runner.config import RetryConfig
+from runner.orchestration.cluster import replica_remote_args
 
 
 class DiesOnce:

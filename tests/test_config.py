@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from runner.cluster import plan_pool
 from runner.config import PlacementConfig, build_config, load_config, parse_size
 from runner.errors import ConfigError
+from runner.orchestration.cluster import plan_pool
 
 BASE = {"model": {"path": "demo:tiny-llama"}, "data": {"source": "x.jsonl"}}
 

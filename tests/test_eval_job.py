@@ -68,7 +68,7 @@ def mc_oracle(runner_cache) -> list[dict]:
     for odd ones) and the acc / acc_norm that label must get."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from runner.demo_model import resolve_demo
+    from runner.engine.demo_model import resolve_demo
 
     path = resolve_demo(MODEL["path"])
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()

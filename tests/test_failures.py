@@ -24,8 +24,8 @@ from runner.errors import InputError, OutputError, ReplicaFailed
 from runner.io.durable import filesystem
 from runner.io.inputs import read_input
 from runner.io.outputs import PartWriter, write_summary
-from runner.job import Job
-from runner.summary import JobStats, build_summary
+from runner.io.summary import JobStats, build_summary
+from runner.orchestration.job import Job
 from tests.conftest import PROMPTS, write_jsonl
 
 pytestmark = pytest.mark.slow  # whole jobs on a Ray with crashing replicas
@@ -309,7 +309,7 @@ def test_overwrite_replaces_only_the_runners_own_files(prompts, tmp_path):
     summary = run(cfg, overwrite=True)
 
     # The lease stays, released; part numbers are never reused (runner.io.catalogue.Catalogue.seal).
-    # --overwrite moved the lease to a generation that seals nothing (runner.jobdir.JobDir.clear).
+    # --overwrite moved the lease to a generation that seals nothing (runner.io.jobdir.JobDir.clear).
     runner_files = ["_job.json", "part-00002.parquet", "_lease.000003.json"]
     assert sorted(p.name for p in out.iterdir()) == sorted([*user_files, *runner_files])
     assert all((out / name).read_text() == text for name, text in user_files.items())

@@ -50,7 +50,7 @@ def release_gpu_memory():
 
 @pytest.fixture(scope="module")
 def small_model(runner_cache) -> str:
-    from runner.demo_model import resolve_demo
+    from runner.engine.demo_model import resolve_demo
 
     return resolve_demo("demo:small-llama")
 

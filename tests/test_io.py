@@ -22,7 +22,7 @@ from runner.io import (
     write_summary,
 )
 from runner.io.durable import filesystem
-from runner.jobdir import JobDir
+from runner.io.jobdir import JobDir
 
 ROWS = [{"prompt": f"q{i}", "lang": "en" if i % 2 else "fr", "n": i} for i in range(5)]
 

@@ -91,7 +91,7 @@ def test_job_json_records_config_versions_and_totals(ray_two_gpus, prompts_file,
 
 
 def test_cpu_replicas_share_the_cluster_cores_and_gpu_replicas_keep_torch_default(ray_two_gpus):
-    from runner.cluster import Pool, cpu_threads
+    from runner.orchestration.cluster import Pool, cpu_threads
 
     assert cpu_threads(Pool(replicas=1, gpus_per_replica=0, cpus_per_replica=0.5)) == 2
     assert cpu_threads(Pool(replicas=2, gpus_per_replica=0, cpus_per_replica=0.5)) == 1

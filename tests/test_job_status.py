@@ -16,9 +16,9 @@ import pytest
 
 from runner.config import build_config
 from runner.errors import OutputError
-from runner.job_status import directory_status
-from runner.jobdir import JobDir
-from runner.summary import JobStats, build_summary
+from runner.io.job_status import directory_status
+from runner.io.jobdir import JobDir
+from runner.io.summary import JobStats, build_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,8 +19,8 @@ import pytest
 from runner.errors import OutputError
 from runner.io import outputs
 from runner.io.durable import filesystem
+from runner.io.jobdir import JobDir
 from runner.io.lease import Lease, LeaseLost, lease_name
-from runner.jobdir import JobDir
 from tests.conftest import PROMPTS, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]

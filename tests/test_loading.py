@@ -89,7 +89,7 @@ def test_device_map_and_max_memory_reach_from_pretrained(tiny_model, monkeypatch
 
 
 def test_missing_local_model_path_names_the_field(tmp_path):
-    from runner.model_source import check_model
+    from runner.engine.model_source import check_model
 
     with pytest.raises(ConfigError, match=r"^model.path: .*no such directory"):
         check_model(ModelConfig(path=str(tmp_path / "nothing-here")))  # more cases: test_model_source.py

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from runner.config import ModelConfig
+from runner.engine.model_source import check_model
 from runner.errors import ConfigError
-from runner.model_source import check_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,10 +12,10 @@ import pytest
 from jobs.openai_batch import cli as batch_cli
 from jobs.openai_batch.command import batch_argv
 from jobs.openai_batch.config import BatchConfig, default_job_dir
-from runner import submit
 from runner.cli import build_parser, main, options
 from runner.config import load_config
 from runner.errors import ConfigError
+from runner.orchestration import submit
 
 
 def parsed_config(argv: list[str]) -> BatchConfig:

@@ -20,7 +20,7 @@ from jobs.openai_batch.requests import parse_lines
 from jobs.openai_batch.results import request_counts, write_results
 from jobs.openai_batch.stage import BatchStage
 from runner.config import build_config
-from runner.jobdir import JobDir
+from runner.io.jobdir import JobDir
 from tests.test_stage import reference
 
 MODEL = "demo:tiny-llama"

@@ -1,4 +1,4 @@
-"""The output schema (runner.output_schema, docs/outputs.md) holds over every job kind and every `n`:
+"""The output schema (runner.io.output_schema, docs/outputs.md) holds over every job kind and every `n`:
 the same column types whatever n is, per-sample values in `samples`, the row's effective sampling
 parameters, and a documentation page that names every column and field."""
 
@@ -17,7 +17,7 @@ from jobs.generate.stage import GenerationStage
 from runner.config import build_config
 from runner.engine import Engine
 from runner.errors import ConfigError
-from runner.output_schema import (
+from runner.io.output_schema import (
     OPTIONAL_COLUMNS,
     OUTPUT_COLUMNS,
     SAMPLING_PARAMS,

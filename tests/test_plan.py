@@ -314,8 +314,8 @@ def fake_gpu_ray():
 
 @pytest.mark.slow
 def test_cluster_hardware_reads_gpus_and_memory_from_the_ray_nodes(fake_gpu_ray, capsys):
-    from runner import cluster
     from runner.cli import main
+    from runner.orchestration import cluster
 
     hw = cluster.hardware()
     assert hw.gpus_per_node == [2] and hw.gpu_memory == 24 * GIB

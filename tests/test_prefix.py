@@ -22,7 +22,7 @@ from runner.engine.forward import ModelCall
 from runner.engine.prefix import PrefixStore, common_length, share_groups
 from runner.engine.scoring import LoglikelihoodScorer, ScoreRequest
 from runner.errors import ConfigError
-from runner.summary import PREFIX_REUSED_KEY, JobStats, build_summary
+from runner.io.summary import PREFIX_REUSED_KEY, JobStats, build_summary
 from tests import arch_models
 from tests.conftest import write_jsonl
 from tests.test_eval_engine import VOCAB, tiny, unbatched

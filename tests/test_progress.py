@@ -15,12 +15,12 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pytest
 
+from jobs.generate import parts
 from jobs.generate.stage import GenerationStage
-from runner import parts
 from runner.config import build_config
 from runner.engine import Engine
-from runner.progress import Board, Progress, engine_line
-from runner.summary import JobStats, build_summary, previous_totals
+from runner.io.summary import JobStats, build_summary, previous_totals
+from runner.orchestration.progress import Board, Progress, engine_line
 from tests.conftest import PROMPTS, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_the_phase_and_the_engines_choices_reach_the_bar(caplog):
     }
     board.ready("host:1", engine)
     board.starting("host:2")
-    with caplog.at_level(logging.INFO, logger="runner.progress"):
+    with caplog.at_level(logging.INFO, logger="runner.orchestration.progress"):
         progress._apply(board.snapshot())
     assert progress.bar.desc.startswith("loading the model on replica 2/2 (1 ready)")
     assert "replica 1/2 ready: " in caplog.text and "strategy padded (auto: because)" in caplog.text

@@ -18,7 +18,7 @@ import pytest
 
 from runner.config import build_config
 from runner.io.inputs import read_input
-from runner.signals import Interrupted, StopSignals
+from runner.orchestration.signals import Interrupted, StopSignals
 from tests.conftest import PROMPTS, write_jsonl
 
 ROWS = 96  # enough generation after the first committed part that a kill lands mid-job

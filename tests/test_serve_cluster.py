@@ -20,7 +20,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from runner import submit
+from runner.orchestration import submit
 from tests.test_submit import dashboard_missing, free_port, start_cluster, token_auth  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]

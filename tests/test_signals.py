@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.signals import Interrupted, StopSignals
+from runner.orchestration.signals import Interrupted, StopSignals
 from tests.test_resume import (  # noqa: F401 - fixtures
     ROWS,
     assert_complete_and_equal,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import startup_trace
+from runner.orchestration import startup_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,8 +21,8 @@ DRIVER_MODULES = [
     "jobs.generate.job",
     "jobs.eval.cli.eval",
     "jobs.eval.job",
-    "runner.job",
-    "runner.cluster",
+    "runner.orchestration.job",
+    "runner.orchestration.cluster",
     "runner.planning.start",
 ]
 

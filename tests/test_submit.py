@@ -19,8 +19,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from runner import submit
 from runner.config import load_config
+from runner.orchestration import submit
 from tests.conftest import write_jsonl
 
 pytestmark = pytest.mark.slow  # Ray clusters with a dashboard and jobs submitted through it

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from runner import secret_env, submit
 from runner.config import load_config
 from runner.errors import ConfigError
+from runner.orchestration import secret_env, submit
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = "configs/demo.yaml"
@@ -43,7 +43,7 @@ def test_secret_flags_send_names_and_paths_never_values(tmp_path, monkeypatch):
     env = sub.runtime_env["env_vars"]
     assert env[secret_env.CLUSTER_ENV] == "HF_TOKEN"
     assert json.loads(env[secret_env.SECRET_FILES]) == {"HF_TOKEN": str(token)}
-    assert sub.runtime_env["worker_process_setup_hook"] == "runner.secret_env.load_secret_files"
+    assert sub.runtime_env["worker_process_setup_hook"] == "runner.orchestration.secret_env.load_secret_files"
     assert "RAY_JOB_STOP_WAIT_TIME_S" in env  # the runner's own variables are kept alongside
     with_value = submit.plan(str(REPO / DEMO), demo(tmp_path), [], working_dir=str(REPO), env=["HF_TOKEN"])
     assert with_value.runtime_env["env_vars"]["HF_TOKEN"] == SECRET  # what --env does, and says it does

@@ -73,7 +73,7 @@ def test_a_lost_continuous_request_is_flagged_while_other_calls_progress(tiny_mo
     from runner.config import BatchingConfig, ModelConfig, SamplingConfig
     from runner.engine import Engine, Request
     from runner.engine.types import Progress
-    from runner.watchdog import Stalled, Watchdog
+    from runner.engine.watchdog import Stalled, Watchdog
 
     batching = BatchingConfig(strategy="continuous", token_budget=4096, max_batch_size=8)
     engine = Engine(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from jobs.eval.metrics import METRICS_NAME, mean_stderr, read_metrics, read_rows, write_metrics
 from runner.errors import ConfigError, InputError, JobFailed
-from runner.jobdir import JobDir
+from runner.io.jobdir import JobDir
 
 MAX_FLIPS_SHOWN = 10
 

@@ -1,7 +1,7 @@
 """The `eval` job: every task's rows -> generations or choice log-likelihoods -> scores, in Parquet,
 plus `_metrics.json` with each task's metrics.
 
-The lifecycle (preflight, resume by id, part files, `_job.json`) is `runner.job.Job`, shared with
+The lifecycle (preflight, resume by id, part files, `_job.json`) is `runner.orchestration.job.Job`, shared with
 `generate`; what is eval's own is its input (every task's rows in one table: one Ray Data pass, one
 replica pool, the model loaded once), its stage (`jobs.eval.stage.EvalStage`) and the metrics.
 """
@@ -14,7 +14,7 @@ from jobs.eval.config import EvalConfig
 from jobs.eval.metrics import metrics_document, model_revision, write_metrics
 from jobs.eval.stage import EvalStage
 from jobs.eval.tasks import read_tasks
-from runner.job import Job, check_error_rate
+from runner.orchestration.job import Job, check_error_rate
 
 
 def run(

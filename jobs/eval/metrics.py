@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from jobs.eval.config import EvalConfig
 from runner.errors import InputError, first_line
-from runner.jobdir import JobDir
+from runner.io.jobdir import JobDir
 
 METRICS_NAME = "_metrics.json"  # `_`: pyarrow / pandas skip it when reading the directory as Parquet
 
@@ -135,7 +135,7 @@ def model_revision(model) -> str | None:
 
     Hub ids resolve from the local cache's refs first (no network), then the hub; None when neither
     answers. A demo model is hashed only if it is already built here (never built for this)."""
-    from runner.demo_model import cache_dir, is_demo
+    from runner.engine.demo_model import cache_dir, is_demo
 
     path = model.path
     local = cache_dir() / path.split(":", 1)[1] if is_demo(path) else Path(path).expanduser()

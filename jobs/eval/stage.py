@@ -27,12 +27,12 @@ from jobs.generate.stage import (
     set_cpu_threads,
     with_prefix_count,
 )
-from runner import startup_trace
 from runner.config import JobConfig
+from runner.engine.watchdog import Stalled, Watchdog
+from runner.io.output_schema import result_fields
 from runner.io.outputs import INPUT_ERROR
-from runner.output_schema import result_fields
-from runner.progress import Reporter
-from runner.watchdog import Stalled, Watchdog
+from runner.orchestration import startup_trace
+from runner.orchestration.progress import Reporter
 
 if TYPE_CHECKING:
     from runner.engine import Engine

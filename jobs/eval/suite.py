@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from jobs.eval.config import EvalConfig
 from runner.errors import ConfigError, InputError
-from runner.jobdir import JobDir
+from runner.io.jobdir import JobDir
 
 DEFAULT_TEMPLATE = "{utc:%Y%m%dT%H%M%SZ}"
 HISTORY_SCHEMA = pa.schema(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from runner import startup_trace
 from runner.cli import options
+from runner.orchestration import startup_trace
 
 
 def add_parser(sub) -> None:
@@ -29,7 +29,7 @@ def config_class() -> type:
 def execute(args: argparse.Namespace) -> int:
     from jobs.generate.job import run
     from runner.config import load_config
-    from runner.summary import one_line
+    from runner.io.summary import one_line
 
     cfg = load_config(args.config, options.overrides(args), kind=config_class())
     startup_trace.mark("driver: config loaded")

@@ -1,5 +1,5 @@
 """Output columns that exist only when their option is on: `token_ids`, `logprobs`, `prompt_logprobs`,
-`parsed`. A job that uses none of them writes exactly the base columns (runner.output_schema).
+`parsed`. A job that uses none of them writes exactly the base columns (runner.io.output_schema).
 
 - `token_ids` (output.token_ids): the generated token ids (what `generation` decodes from).
 - `logprobs` (sampling.logprobs: K): per generated token {token_id, token, logprob, top: [{token_id,
@@ -19,7 +19,7 @@ import json
 from typing import Any
 
 from runner.config import JobConfig
-from runner.output_schema import optional_fields
+from runner.io.output_schema import optional_fields
 
 
 class ExtraColumns:

@@ -1,6 +1,6 @@
 """The `generate` job: every row of a dataset -> its generation(s), in Parquet, via a Ray replica pool.
 
-The lifecycle (preflight, resume, part files, summary) is `runner.job.Job`, shared with the other job
+The lifecycle (preflight, resume, part files, summary) is `runner.orchestration.job.Job`, shared with the other job
 kinds; what is generate's own is the stage its replicas run (`jobs.generate.stage.GenerationStage`) and
 its input (the rows of `data`).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from jobs.generate.stage import GenerationStage
 from runner.config import JobConfig
-from runner.job import Job
+from runner.orchestration.job import Job
 
 
 def run(

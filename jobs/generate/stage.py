@@ -17,20 +17,20 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from jobs.generate.extra_outputs import ExtraColumns
+from jobs.generate.parts import run_parts, split
 from jobs.generate.prompts import PromptBuilder, RowError
 from jobs.generate.row_options import RowOptions
-from runner import startup_trace
 from runner.config import JobConfig
 from runner.engine import Completion, Request
 from runner.engine.types import Progress
+from runner.engine.watchdog import Stalled, Watchdog
 from runner.errors import ConfigError, first_line
 from runner.io.catalogue import duplicate_id_error
+from runner.io.output_schema import output_schema, sampling_params
 from runner.io.outputs import INPUT_ERROR
-from runner.output_schema import output_schema, sampling_params
-from runner.parts import run_parts, split
-from runner.progress import Reporter
-from runner.summary import PREFIX_REUSED_KEY
-from runner.watchdog import Stalled, Watchdog
+from runner.io.summary import PREFIX_REUSED_KEY
+from runner.orchestration import startup_trace
+from runner.orchestration.progress import Reporter
 
 if TYPE_CHECKING:
     from runner.engine import Engine
@@ -74,7 +74,7 @@ def set_cpu_threads(share: int) -> int:
 
 def with_prefix_count(table: pa.Table, engine) -> pa.Table:
     """`table` carrying the engine's running count of prompt tokens reused from shared prefixes
-    (schema metadata; the driver sums each replica's latest into _job.json, runner.summary)."""
+    (schema metadata; the driver sums each replica's latest into _job.json, runner.io.summary)."""
     parts = (getattr(engine, "generator", None), getattr(engine, "scorer", None))
     count = sum(getattr(part, "prefix_tokens_reused", 0) for part in parts)
     return table.replace_schema_metadata({**(table.schema.metadata or {}), PREFIX_REUSED_KEY: str(count)})
@@ -313,7 +313,7 @@ class GenerationStage:
         isolated: set = frozenset(),
         took: dict | None = None,
     ) -> pa.Table:
-        """One output row per input row, typed by `runner.output_schema` (docs/outputs.md)."""
+        """One output row per input row, typed by `runner.io.output_schema` (docs/outputs.md)."""
         keep = batch.select(["id", *self.cfg.data.carry_columns])
         # `id` and the carried columns keep their input types; the columns added are `output_schema`'s.
         added = list(output_schema(self.cfg, logprobs=self.logprobs_column))[1:]

@@ -57,7 +57,7 @@ def execute(args: argparse.Namespace) -> int:
     from jobs.openai_batch.job import run
     from runner.config import load_config
     from runner.errors import ConfigError
-    from runner.summary import one_line
+    from runner.io.summary import one_line
 
     if args.config and args.config_option:
         raise ConfigError("config: give it once (positional or --config)")

@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
 def execute(args: argparse.Namespace) -> int:
     from jobs.openai_batch.results import write_results
     from runner.errors import ConfigError
-    from runner.jobdir import JobDir
+    from runner.io.jobdir import JobDir
 
     summary = JobDir(args.directory).summary()
     if summary is None or summary.get("kind") != "openai_batch":

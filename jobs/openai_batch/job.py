@@ -1,4 +1,4 @@
-"""The `batch` job's run: a `runner.job.Job` with the batch stage and the batch's input; the results
+"""The `batch` job's run: a `runner.orchestration.job.Job` with the batch stage and the batch's input; the results
 files are written from the committed parts while the output directory's lease is still held."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from jobs.openai_batch.config import BatchConfig
-from runner.job import Job, check_error_rate
+from runner.orchestration.job import Job, check_error_rate
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from jobs.openai_batch import responses
 from runner.io.catalogue import Catalogue, duplicate_id_error
 from runner.io.durable import filesystem
-from runner.jobdir import JobDir
+from runner.io.jobdir import JobDir
 
 TOTAL_KEY = "requests_in_file"  # _job.json: the request file's line count, for request_counts
 

@@ -19,9 +19,10 @@ import importlib
 import traceback
 from types import ModuleType
 
-from runner import logs, secret_env, startup_trace
+from runner import logs
 from runner.errors import ConfigError, first_line, root_cause
-from runner.signals import Interrupted, exit_within
+from runner.orchestration import secret_env, startup_trace
+from runner.orchestration.signals import Interrupted, exit_within
 
 # After a signal stopped a job (its output, summary and lease final), the most Ray's shutdown may take:
 # a scheduler that signalled the whole process group killed Ray too, and a dead Ray can hang a minute.

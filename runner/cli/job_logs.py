@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from runner import submit
+    from runner.orchestration import submit
 
     client = submit.connect(args.address)
     submit.info(client, args.job)  # an unknown id: one line, exit 2

@@ -15,8 +15,8 @@ def add_parser(sub) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from runner import submit
     from runner.cli.status import reachable_status
+    from runner.orchestration import submit
 
     for details in submit.ours(submit.connect(args.address)):
         status = reachable_status((details.metadata or {}).get("output"))

@@ -61,7 +61,7 @@ def hardware(args: argparse.Namespace, cfg):
 
     gpu_memory, cpu_memory = size("--gpu-memory", args.gpu_memory), size("--cpu-memory", args.cpu_memory)
     if args.cluster:
-        from runner import cluster
+        from runner.orchestration import cluster
 
         cluster.connect(cfg.ray)
         return cluster.hardware(gpu_memory)

@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 def execute(args: argparse.Namespace) -> int:
     if args.job is not None and is_directory(args.job):
         return _print_directory(args.job, args.json)
-    from runner import submit
+    from runner.orchestration import submit
 
     client = submit.connect(args.address)
     if args.job is None:
@@ -54,7 +54,7 @@ def is_directory(target: str) -> bool:
 
 
 def _print_directory(path: str, as_json: bool) -> int:
-    from runner.job_status import directory_status
+    from runner.io.job_status import directory_status
 
     status = directory_status(path)
     print(json.dumps(status.as_dict()) if as_json else "\n".join(status.lines()))
@@ -62,7 +62,7 @@ def _print_directory(path: str, as_json: bool) -> int:
 
 
 def _print_submitted(details, as_json: bool) -> None:
-    from runner import submit
+    from runner.orchestration import submit
 
     status = reachable_status((details.metadata or {}).get("output"))
     if as_json:
@@ -80,7 +80,7 @@ def reachable_status(output: str | None):
     if not output:
         return None
     from runner.errors import RunnerError
-    from runner.job_status import directory_status
+    from runner.io.job_status import directory_status
 
     try:
         return directory_status(output)
@@ -91,8 +91,8 @@ def reachable_status(output: str | None):
 def _attempts(client, args: argparse.Namespace) -> list:
     """The config's latest submission: matched by its output path, so only overrides that change the
     output need repeating; else by the settings key (`submit.job_key`), else by the config's name."""
-    from runner import submit
     from runner.config import load_config
+    from runner.orchestration import submit
 
     cfg = load_config(args.job, options.overrides(args), kind=job_config_class(args.kind))
     ours = submit.ours(client)

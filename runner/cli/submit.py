@@ -52,9 +52,9 @@ def add_parser(sub) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from runner import submit
     from runner.config import load_config
     from runner.logs import terminal
+    from runner.orchestration import submit
 
     cfg = load_config(args.config, options.overrides(args), kind=job_config_class(args.kind))
     sub = submit.plan(

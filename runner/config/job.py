@@ -48,7 +48,7 @@ class RetryConfig(_Strict):
         3,
         ge=0,
         description="0: a batch whose replica died fails the job; else it runs again on the restarted "
-        "replica while that has restarts left (a lost node makes many retries: runner.cluster)",
+        "replica while that has restarts left (a lost node makes many retries: runner.orchestration.cluster)",
     )
 
 

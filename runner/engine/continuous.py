@@ -17,7 +17,7 @@ runs its own generation thread; this module adds what it lacks for a batch job:
 - an out-of-memory failure of the generation thread is raised to the caller (who splits the batch)
   and the manager is restarted;
 - no hang when a library changes: every request is streamed, so each call sees its own progress
-  (runner.watchdog), and a generation thread that keeps dying or a router that dies fails every waiting
+  (runner.engine.watchdog), and a generation thread that keeps dying or a router that dies fails every waiting
   call at once with the error's first line (`_fail`), which the engine's start-up probe turns into a
   refusal at start.
 The manager is used through its public API (`init_continuous_batching`, `start`, `add_request`,

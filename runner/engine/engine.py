@@ -171,7 +171,7 @@ class Engine:
 
         Safe to call from several threads: each strategy merges concurrent callers' rows into the
         batches it runs (padded: a shared pool of waiting rows; continuous: one running manager).
-        `progress`: counts the steps that advance these rows (the watchdog's signal, runner.watchdog)."""
+        `progress`: counts the steps that advance these rows (the watchdog's signal, runner.engine.watchdog)."""
         requests = constraints.with_default(requests, self.sampling)  # sampling.json_schema / regex / choices
         if progress is not None:
             requests = [dataclasses.replace(r, progress=progress) for r in requests]

@@ -15,7 +15,7 @@ import torch
 
 from runner import compat
 from runner.config import ModelConfig, PlacementConfig, QuantizationConfig
-from runner.demo_model import is_demo, resolve_demo
+from runner.engine.demo_model import is_demo, resolve_demo
 from runner.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)

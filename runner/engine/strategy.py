@@ -80,7 +80,7 @@ def probe_failure(generator, tokenizer, stall_timeout_s: float | None = None) ->
     one line naming the libraries it ran on, or None. A strategy whose threads die fails here in
     seconds (runner.engine.continuous), one that hangs after `stall_timeout_s` without progress."""
     from runner import compat
-    from runner.watchdog import Stalled, Watchdog
+    from runner.engine.watchdog import Stalled, Watchdog
 
     ids = tokenizer(PROBE_TEXTS, add_special_tokens=True)["input_ids"]
     requests = [Request(f"probe-{i}", p or [0], 2) for i, p in enumerate(ids)]

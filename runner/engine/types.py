@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 class Progress:
     """The steps one engine call has made: a forward that advanced any of its rows (a prefill, a
     decode step that gave a row a token, a scoring batch). The strategies call `step()` from whatever
-    thread computes; the watchdog (runner.watchdog) reads `last`. Counted by the engine itself, per
+    thread computes; the watchdog (runner.engine.watchdog) reads `last`. Counted by the engine itself, per
     call, so a CUDA-graph replay (which skips forward hooks) still counts and a call whose rows were
     lost is seen stalled even while other calls progress."""
 

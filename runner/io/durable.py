@@ -45,7 +45,7 @@ def atomic_write(
     ``fence`` (the lease's check) runs after the slow part (writing and fsyncing the temp file), right
     before the link or rename: if it raises, the temp file is removed and nothing is committed. A
     writer that freezes between that check and the link cannot commit after a takeover either: the
-    new holder removes every temp file when it takes the lease (`runner.jobdir.JobDir.acquire`), so
+    new holder removes every temp file when it takes the lease (`runner.io.jobdir.JobDir.acquire`), so
     the late link finds no file and the writer stops with `LeaseLost`. The fence runs once more right
     after the link, so a writer learns at once that its lease moved on; it then raises and never
     undoes the commit: once a file is visible under its final name only the current holder may remove

@@ -9,7 +9,7 @@ because pyarrow's (and so pandas') directory discovery skips ``.``/``_`` names b
 any other non-Parquet file such as ``job.json``. Those three kinds of names are the runner's own
 files; it never deletes or replaces any other file in the directory.
 
-Every function here takes the directory as its filesystem handle and root (`runner.jobdir.JobDir`
+Every function here takes the directory as its filesystem handle and root (`runner.io.jobdir.JobDir`
 holds them and hands them over), never as a path to resolve again.
 """
 
@@ -30,9 +30,9 @@ from runner.errors import OutputError
 from runner.io.catalogue import GENERATION_KEY, PART_RE, Catalogue, part_name
 from runner.io.durable import atomic_write
 
-# The column names, defined with their types in runner.output_schema; readers import them from here.
-from runner.output_schema import OPTIONAL_COLUMNS, OUTPUT_COLUMNS  # noqa: F401
-from runner.summary import PREFIX_REUSED_KEY
+# The column names, defined with their types in runner.io.output_schema; readers import them from here.
+from runner.io.output_schema import OPTIONAL_COLUMNS, OUTPUT_COLUMNS  # noqa: F401
+from runner.io.summary import PREFIX_REUSED_KEY
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class PartWriter:
         self._oldest = time.monotonic() if rest.num_rows else None
 
 
-# Batch metadata the stage sends to the driver only (runner.summary: a replica's running counts), never
+# Batch metadata the stage sends to the driver only (runner.io.summary: a replica's running counts), never
 # written into part files.
 _DRIVER_ONLY_METADATA = (PREFIX_REUSED_KEY,)
 

@@ -2,7 +2,7 @@
 
 Everything here works from the model's `config.json` alone (a skeleton on the meta device, no
 weights) and never imports Ray: `runner plan` and the job's start check (runner.planning.start) feed
-it the hardware they read (flags, this machine, or the Ray cluster's nodes via `runner.cluster`).
+it the hardware they read (flags, this machine, or the Ray cluster's nodes via `runner.orchestration.cluster`).
 Importing this package is light; torch and transformers load when a plan is made.
 """
 

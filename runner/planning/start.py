@@ -1,7 +1,7 @@
 """The job's start check: `auto` placement takes the plan's values, and a plan that says the model
 does not fit fails the job before any replica loads it (ConfigError: exit 2, the planner's line).
 
-Run by the driver once Ray is connected (runner.job), with the cluster's nodes as `runner.cluster.
+Run by the driver once Ray is connected (runner.orchestration.job), with the cluster's nodes as `runner.orchestration.cluster.
 hardware` reads them. A CPU-only cluster is planned only when something is `auto` (memory is seldom
 what limits it, and the check would import torch on the driver for nothing); a GPU cluster whose
 GPU memory Ray does not report is planned only when something is `auto`, and then must be labelled.

@@ -243,7 +243,7 @@ def token_usage(job: str) -> dict:
     from runner.io.catalogue import Catalogue
     from runner.io.durable import filesystem
 
-    sums = {"prompt_tokens": 0, "completion_tokens": 0}  # docs/outputs.md (runner.output_schema)
+    sums = {"prompt_tokens": 0, "completion_tokens": 0}  # docs/outputs.md (runner.io.output_schema)
     for table, _ in Catalogue(*filesystem(job)).tables(list(sums)):
         for name in sums:
             if name in table.column_names:

@@ -2,7 +2,7 @@
 
 A batch's job key is derived from the batch id (`runner-<batch_id>`): its attempts are found by the
 key in the job metadata, and a second submit of the same attempt (a restarted server, another
-replica) is refused by Ray as a duplicate submission id and attaches (`runner.submit.submit`).
+replica) is refused by Ray as a duplicate submission id and attaches (`runner.orchestration.submit.submit`).
 A job that ended without the batch ending (the cluster was restarted) is submitted again as the
 next attempt and resumes from the committed rows, as `runner submit` does.
 """
@@ -13,8 +13,8 @@ import shlex
 from pathlib import Path
 
 from jobs.openai_batch.server.lifecycle import LIVE_JOB
-from runner import submit
-from runner.submit import EXCLUDES, PROJECT, STOP_GRACE_S, Submission
+from runner.orchestration import submit
+from runner.orchestration.submit import EXCLUDES, PROJECT, STOP_GRACE_S, Submission
 
 
 def job_key(batch_id: str) -> str:

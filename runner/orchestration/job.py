@@ -25,17 +25,17 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
-from runner import cluster
 from runner.config import JobConfig
+from runner.engine.model_source import check_model
 from runner.errors import JobFailed
+from runner.io.jobdir import JobDir
 from runner.io.lease import LeaseLost
 from runner.io.stream import StreamedInput, open_input
-from runner.jobdir import JobDir
-from runner.model_source import check_model
+from runner.io.summary import JobStats, build_summary, previous_totals
+from runner.orchestration import cluster
+from runner.orchestration.progress import Progress, close_board, open_board
+from runner.orchestration.signals import Interrupted, StopSignals
 from runner.planning.start import start_check
-from runner.progress import Progress, close_board, open_board
-from runner.signals import Interrupted, StopSignals
-from runner.summary import JobStats, build_summary, previous_totals
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Job:
         self.summary_extra = summary_extra or (lambda _dir: {})
         self.dir = JobDir(cfg.output.path)
         self._cleared = False  # `--overwrite` removed the previous job's files (this run)
-        self._before: dict = {}  # the directory's totals before this run (runner.summary.previous_totals)
+        self._before: dict = {}  # the directory's totals before this run (runner.io.summary.previous_totals)
         self._resolved: dict = {}  # replicas and each engine's choices, for the summary
 
     def preflight(self, overwrite: bool) -> pa.Table | StreamedInput:

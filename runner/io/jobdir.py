@@ -21,7 +21,7 @@ from runner.io import outputs
 from runner.io.catalogue import Catalogue
 from runner.io.durable import filesystem
 from runner.io.lease import Lease
-from runner.output_schema import OUTPUT_SCHEMA_VERSION
+from runner.io.output_schema import OUTPUT_SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 

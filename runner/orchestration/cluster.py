@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from runner import compat, errors, logs, startup_trace
+from runner import compat, errors, logs
 from runner.config import JobConfig, PlacementConfig, RayConfig, RetryConfig
 from runner.errors import ConfigError, ReplicaFailed, RunnerError, first_line, root_cause
+from runner.orchestration import startup_trace
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def connect(cfg: RayConfig) -> None:
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     main = threading.current_thread() is threading.main_thread()
     # ray.init replaces the SIGTERM handler with one that exits with code 15; a job's own handler
-    # (runner.signals) stops cleanly and exits 143, so it is put back.
+    # (runner.orchestration.signals) stops cleanly and exits 143, so it is put back.
     previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
         _init(ray, cfg)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 CLUSTER_ENV = "RUNNER_CLUSTER_ENV"
 SECRET_FILES = "RUNNER_SECRET_FILES"
-SETUP_HOOK = "runner.secret_env.load_secret_files"
+SETUP_HOOK = "runner.orchestration.secret_env.load_secret_files"
 
 
 def runtime_env(from_cluster: list[str], files: list[str]) -> dict:

@@ -5,7 +5,7 @@ that file; the first mark of a process also records when the process itself star
 the interpreter's start and the imports before the first mark are counted), and the driver's last
 line is written at interpreter exit, after Ray's own shutdown. Ray's local workers inherit the
 driver's environment, so a replica's marks land in the same file. Unset (the default), a mark is one
-dictionary lookup. `python -m runner.startup_trace FILE` prints the phases as offsets from the first
+dictionary lookup. `python -m runner.orchestration.startup_trace FILE` prints the phases as offsets from the first
 process start, which is how the table in docs/performance.md was made.
 """
 

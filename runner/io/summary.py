@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from runner.config import JobConfig
-from runner.output_schema import OUTPUT_SCHEMA_VERSION
+from runner.io.output_schema import OUTPUT_SCHEMA_VERSION
 
 # Schema metadata of a stage's output batch: its replica's running count of prompt tokens reused from
 # shared prefixes (runner.engine.prefix). Running, not per batch: concurrent batches share the engine.

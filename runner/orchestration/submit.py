@@ -10,7 +10,7 @@ output directory's lease stays the last line of defence.
 
 What is shipped is printed first (file count, size, the largest files). `--env NAME` puts the value in
 the job's description (`runtime_env.env_vars`), which anyone with access to the cluster's job API can
-read; `--env-from-cluster` and `--secret-file` send only names and paths (`runner.secret_env`).
+read; `--env-from-cluster` and `--secret-file` send only names and paths (`runner.orchestration.secret_env`).
 
 Job metadata (`runner`, `runner_key`, `kind`, `config`, `output`) marks this project's jobs, so
 `runner list` and `runner status CONFIG` find them among everything else on the cluster.
@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from runner import compat, secret_env
+from runner import compat
 from runner.config import JobConfig
 from runner.errors import RunnerError
+from runner.orchestration import secret_env
 
 PROJECT = "hf-batch-runner"
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -135,7 +136,7 @@ def plan(
 
     `args` are the command's own options (--set ..., --max-error-rate ...), passed on as they are.
     `env` values are in the job's description; `env_from_cluster` and `secret_files` only name them
-    (`runner.secret_env`)."""
+    (`runner.orchestration.secret_env`)."""
     check_output_path(cfg.output.path)
     relative = _inside(config, working_dir)
     command = ["python", "-m", "runner", kind, relative, "--set", "ray.address=auto", *args]

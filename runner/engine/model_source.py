@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from runner.config import ModelConfig
-from runner.demo_model import SIZES, is_demo
+from runner.engine.demo_model import SIZES, is_demo
 from runner.errors import ConfigError, first_line
 
 HUB_TIMEOUT_S = 5.0

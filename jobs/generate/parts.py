@@ -1,5 +1,5 @@
 """A stage's rows as several concurrent engine calls of a few rows each, so that a replica reports
-progress as each call finishes instead of once per Ray Data batch (runner.progress).
+progress as each call finishes instead of once per Ray Data batch (runner.orchestration.progress).
 
 The engine merges concurrent callers' rows into the batches it plans (padded: one pool of waiting
 rows over every call, the oldest call's rows first; continuous: one running manager), so splitting
