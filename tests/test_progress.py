@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -38,7 +39,7 @@ class Remote:
 
 def test_the_phase_and_the_engines_choices_reach_the_bar(caplog):
     board, out = Board(), io.StringIO()
-    progress = Progress(total=100, replicas=2)
+    progress = Progress(total=100, replicas=2, interactive=True)
     progress.bar.fp = out
     progress._apply(board.snapshot())
     assert progress.bar.desc.startswith("starting replicas (0/2 ready)")
@@ -63,6 +64,45 @@ def test_the_phase_and_the_engines_choices_reach_the_bar(caplog):
     assert progress.bar.desc.startswith("generating") and progress.bar.n == 30 and progress.errors == 1
     assert progress.engine_summary() == engine  # both replicas agree: one description
     progress.__exit__()
+
+
+def test_output_that_is_not_a_terminal_gets_lines_not_a_redrawn_bar(monkeypatch):
+    """A Slurm or nohup log, `kubectl logs`, a CI log: a line per phase change, at most one per
+    interval while rows arrive, one at the end; never a carriage return."""
+    out = io.StringIO()  # not a terminal
+    monkeypatch.setattr("runner.logs.terminal", lambda: out)
+    monkeypatch.setenv("RUNNER_PROGRESS_INTERVAL_S", "3600")
+    board = Board()
+    progress = Progress(total=100, replicas=1)
+    assert not hasattr(progress.bar, "fp")  # no tqdm bar
+    progress._apply(board.snapshot())  # same phase, no rows: nothing new
+    board.starting("host:1")
+    progress._apply(board.snapshot())
+    board.ready("host:1", {"strategy": "padded"})
+    board.add(rows=10, errors=0, tokens=100)
+    progress._apply(board.snapshot())
+    board.add(rows=30, errors=1, tokens=300)
+    progress._apply(board.snapshot())  # within the interval: no line
+    progress.__exit__()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert [line.split(":")[0] for line in lines] == [
+        "starting replicas (0/1 ready)",
+        "loading the model on replica 1/1",
+        "generating",
+        "generating",
+    ], lines
+    assert lines[2].startswith("generating: 10% 10/100 rows [") and "rows/s" in lines[2]
+    assert lines[3].startswith("generating: 40% 40/100 rows [") and "errors=1" in lines[3]
+
+
+def test_the_line_interval_comes_from_the_environment(monkeypatch):
+    from runner.orchestration.progress import LINE_INTERVAL_S, line_interval
+
+    monkeypatch.setenv("RUNNER_PROGRESS_INTERVAL_S", "2.5")
+    assert line_interval() == 2.5
+    monkeypatch.setenv("RUNNER_PROGRESS_INTERVAL_S", "soon")
+    assert line_interval() == LINE_INTERVAL_S
 
 
 def test_engine_describes_its_own_choices(tiny_model):
@@ -156,12 +196,14 @@ def test_a_job_shows_its_phases_a_moving_bar_and_its_engine(tmp_path):
         text=True,
         timeout=600,
         cwd=tmp_path,
+        env={**os.environ, "RUNNER_PROGRESS_INTERVAL_S": "0.2"},  # piped: progress lines, not a bar
     )
     assert done.returncode == 0, done.stderr
-    shown = done.stderr.replace("\r", "\n")
+    shown = done.stderr
+    assert "\r" not in shown
     assert "starting Ray" in shown and "loading the model on replica 1/1" in shown
     assert "replica 1/1 ready: LlamaForCausalLM on cpu; strategy " in shown
-    counts = {int(m.group(1)) for m in re.finditer(r"generating: .*?\| *(\d+)/1000 \[", shown)}
+    counts = {int(m.group(1)) for m in re.finditer(r"^generating: \d+% (\d+)/1000 rows \[", shown, re.M)}
     assert len(counts - {0, 1000}) >= 2, f"the bar moved only at {sorted(counts)}"
     summary = json.loads((tmp_path / "out" / "_job.json").read_text())
     assert summary["resolved"]["engine"]["strategy"] and summary["resolved"]["engine"]["strategy_reason"]
