@@ -143,6 +143,7 @@ class Progress:
         self.committed = self.tokens = self.errors = 0
         self.engines: dict[str, dict] = {}
         self.started = time.monotonic()
+        self.generating_since: float | None = None  # when the first replica was ready
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_loop, name="progress", daemon=True)
@@ -179,6 +180,8 @@ class Progress:
 
     def _phase(self, replicas: dict) -> None:
         ready = {label: r for label, r in replicas.items() if r.get("phase") == "ready"}
+        if ready and self.generating_since is None:
+            self.generating_since = time.monotonic()
         for label, r in ready.items():
             if label not in self.engines:
                 self.engines[label] = r["engine"]
@@ -199,7 +202,9 @@ class Progress:
         rows = min(self.total, max(self.committed, live_rows))
         if rows > self.bar.n:
             self.bar.update(rows - self.bar.n)
-        elapsed = max(time.monotonic() - self.started, 1e-9)
+        # Tokens/s since the first replica was ready: Ray's start and the model load are not generation.
+        since = self.generating_since if self.generating_since is not None else self.started
+        elapsed = max(time.monotonic() - since, 1e-9)
         self.bar.set_postfix(tok_s=f"{self.tokens / elapsed:.1f}", errors=self.errors, refresh=False)
         self.bar.refresh()
 
@@ -262,6 +267,7 @@ class Lines:
         self.n = 0
         self.postfix = ""
         self.started = time.monotonic()
+        self._phase_start = (self.started, 0)  # (when, rows) the current phase began
         self._written: tuple[str, int] | None = None  # (phase, rows) of the last line
         self._last = float("-inf")
         self._write()
@@ -270,6 +276,8 @@ class Lines:
         self.n += rows
 
     def set_description_str(self, desc: str, refresh: bool = True) -> None:
+        if desc != self.desc:  # rows/s and the ETA are measured over the current phase
+            self._phase_start = (time.monotonic(), self.n)
         self.desc = desc
         if refresh:
             self.refresh()
@@ -295,11 +303,12 @@ class Lines:
 
     def line(self) -> str:
         """`generating: 40% 400/1000 rows [0:00:31, 12.9 rows/s, ETA 0:00:46, errors=0, tok_s=310.2]`"""
-        elapsed = time.monotonic() - self.started
+        now = time.monotonic()
         share = f"{100 * self.n // self.total}% " if self.total else ""
-        figures = [_clock(elapsed)]
-        if self.n and elapsed > 0:
-            rate = self.n / elapsed
+        figures = [_clock(now - self.started)]
+        since, before = self._phase_start
+        if self.n > before and now > since:
+            rate = (self.n - before) / (now - since)
             figures.append(f"{rate:.1f} rows/s")
             if self.n < self.total:
                 figures.append(f"ETA {_clock((self.total - self.n) / rate)}")
