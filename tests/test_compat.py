@@ -8,6 +8,8 @@ this file against the newest releases first).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -370,3 +372,40 @@ def test_varlen_attention_is_spelled_from_the_installed_signature(monkeypatch):
     assert compat_torch.varlen_attention(q, kv, kv, cu, cu, 5, 5, 0.5, None) is q
     assert seen == {"heads": (8, 8, 8), "scale": 0.5}
     assert compat_torch.varlen_attention(q, kv, kv, cu, cu, 5, 5, 0.5, 4) is None
+
+
+def test_a_local_rays_processes_start_in_process_groups_of_their_own():
+    """Ray starts its processes through `ray._private.services.ConsolePopen`, with a `preexec_fn` of its
+    own (block SIGINT, the parent-death signal): inside `own_process_groups` a child leads a new
+    process group and Ray's `preexec_fn` still runs; outside it nothing changes."""
+    import os
+    import signal
+
+    from ray._private import services
+
+    from runner import compat
+
+    def ray_preexec():  # what Ray's does first: SIGINT blocked in the child
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    script = "import signal; print(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))"
+    original = services.ConsolePopen.__init__
+    with compat.own_process_groups():
+        child = services.ConsolePopen(
+            [sys.executable, "-c", script], preexec_fn=ray_preexec, stdout=subprocess.PIPE, text=True
+        )
+        out, _ = child.communicate(timeout=30)
+        assert out.strip() == "True"
+    assert services.ConsolePopen.__init__ is original
+    plain = services.ConsolePopen(
+        [sys.executable, "-c", "import os; print(os.getpgrp())"], stdout=subprocess.PIPE, text=True
+    )
+    assert int(plain.communicate(timeout=30)[0]) == os.getpgrp()
+    with compat.own_process_groups():
+        grouped = services.ConsolePopen(
+            [sys.executable, "-c", "import os; print(os.getpgrp(), os.getpid())"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+    group, pid = grouped.communicate(timeout=30)[0].split()
+    assert group == pid != str(os.getpgrp())

@@ -1,6 +1,8 @@
-"""Signals as schedulers send them: to the whole process group (the local Ray dies too), during
-`ray.init`, twice. The job stops within seconds, commits what is complete, says `interrupted`,
-releases its lease, exits 128 + the signal with one line, and the same command resumes exactly."""
+"""Signals as schedulers send them: to the whole process group, during `ray.init`, twice. The job
+stops within seconds, commits what is complete, says `interrupted`, releases its lease, exits 128 +
+the signal with one line, shuts its local Ray down, and the same command resumes exactly. The local
+Ray's processes live in process groups of their own (runner.compat.own_process_groups), so a signal
+to the driver's group reaches the driver alone, which then stops Ray itself."""
 
 from __future__ import annotations
 
@@ -33,18 +35,39 @@ from tests.test_resume import (  # noqa: F401 - fixtures
 STOP_WITHIN_S = 15
 
 
-def group_members(pgid: int) -> list[int]:
-    """Pids of the processes in a process group (the driver and the local Ray it started)."""
-    members = []
+def processes(field: int, value: int) -> list[int]:
+    """Pids of the live processes whose /proc stat field (after the name) `field` is `value`:
+    1 the parent pid, 2 the process group."""
+    found = []
     for entry in os.listdir("/proc"):
         try:
             with open(f"/proc/{entry}/stat") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if entry.isdigit() and int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
+        if entry.isdigit() and int(fields[field]) == value and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def group_members(pgid: int) -> list[int]:
+    return processes(2, pgid)
+
+
+def children(pid: int) -> list[int]:
+    return processes(1, pid)
+
+
+def alive(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if os.path.exists(f"/proc/{pid}") and _state(pid) != "Z"]
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
 
 
 def assert_stopped(config: Path, proc: subprocess.Popen, signum: int, sent: float) -> None:
@@ -71,14 +94,20 @@ def resume(config: Path, expected: dict) -> None:
 
 @pytest.mark.slow
 def test_sigterm_to_the_process_group_mid_job_stops_within_seconds_and_resumes_exactly(job, oracle):  # noqa: F811
-    """`systemctl stop`, `scancel`, Kubernetes, `kill -- -PGID`: the driver and its Ray get SIGTERM at
-    once; nothing may wait on the dead Ray."""
+    """`kill -- -PGID`, a shell's job control: the signal reaches the driver alone (its local Ray is in
+    groups of its own), which stops cleanly and then shuts that Ray down."""
     out = out_dir(job)
     proc = start(job)
     try:
         wait_for_first_part(proc, out)
+        ray_processes = children(proc.pid)
+        assert ray_processes and group_members(proc.pid) == [proc.pid]
         os.killpg(proc.pid, signal.SIGTERM)
         assert_stopped(job, proc, signal.SIGTERM, time.monotonic())
+        deadline = time.monotonic() + 10
+        while alive(ray_processes) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(ray_processes), "the driver's local Ray outlived it"
     finally:
         stop_group(proc)
     committed, summary = committed_state(out)
@@ -113,7 +142,7 @@ def test_sigterm_while_ray_starts_stops_with_exit_143_and_an_interrupted_summary
     proc = start(job)
     try:
         deadline = time.monotonic() + 120
-        while len(group_members(proc.pid)) < 2:  # Ray's first process started: ray.init is under way
+        while not children(proc.pid):  # Ray's first process started: ray.init is under way
             assert proc.poll() is None and time.monotonic() < deadline, read_stderr(job.parent)
             time.sleep(0.005)
         os.killpg(proc.pid, signal.SIGTERM)

@@ -15,7 +15,7 @@ Everywhere else the code uses public APIs only. `CHECKED` is what the last lock 
 - `transformers_batching`: continuous batching's manager, per-request processors, paged cache, and
   the calling convention of attention functions;
 - `torch`: the varlen attention kernel's keyword arguments;
-- `ray`: the actor table, Ray Data read-task metadata and actor-pool restart bounds, the files a job's working directory ships;
+- `ray`: the actor table, Ray Data read-task metadata and actor-pool restart bounds, the files a job's working directory ships, a local Ray's process groups;
 - `xgrammar`: JSON-schema grammar text.
 
 `from runner import compat; compat.NAME` reaches every function of every module.
@@ -23,6 +23,7 @@ Everywhere else the code uses public APIs only. `CHECKED` is what the last lock 
 
 from runner.compat.ray import (
     map_batches_on_actors,
+    own_process_groups,
     ray_actor_table,
     ray_working_dir_files,
     read_task_metadata,
@@ -97,6 +98,7 @@ __all__ = [
     "model_flag",
     "module_sizes",
     "no_split_modules",
+    "own_process_groups",
     "packed_call",
     "packed_lengths",
     "paged_cache_class",

@@ -71,15 +71,18 @@ def _init(ray, cfg: RayConfig) -> None:
     if cfg.address:
         ray.init(address=cfg.address, log_to_driver=False)
         return
-    ray.init(
-        address="local",  # a fresh local instance, never an unrelated `ray start` cluster on this machine
-        num_cpus=cfg.num_cpus,
-        num_gpus=cfg.num_gpus,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    # Its processes in process groups of their own: a signal to the driver's group stops the driver
+    # cleanly, which then shuts Ray down (runner.orchestration.signals).
+    with compat.own_process_groups():
+        ray.init(
+            address="local",  # a fresh local instance, never an unrelated `ray start` cluster on this machine
+            num_cpus=cfg.num_cpus,
+            num_gpus=cfg.num_gpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            configure_logging=False,
+        )
 
 
 def gpus_per_node() -> list[int]:

@@ -7,10 +7,12 @@ soon as the commit is done. Only the first signal raises: the stop path (commit 
 write the summary, release the lease) runs to its end under a second Ctrl-C or a scheduler's repeated
 SIGTERM, so a job never ends with its summary still saying "running".
 
-Schedulers (`systemctl stop`, Slurm's `scancel`, Kubernetes, `kill -- -PGID`) signal the whole process
-group: the local Ray the driver started dies at the same moment, and any later call into it can block
-until Ray's own timeout (a minute). So the stop path bounds its Ray calls, and once the output is
-final the CLI exits within seconds (`exit_within`) even if Ray's shutdown hangs.
+A local Ray started by the runner lives in process groups of its own (runner.compat.own_process_groups),
+so a signal to the driver's process group (`kill -- -PGID`, a shell) reaches the driver alone, which
+stops and then shuts Ray down. A signal to every process of the job (systemd's control-group kill,
+Slurm ending a step) kills that Ray at the same moment, and any later call into it can block until
+Ray's own timeout (a minute): so the stop path bounds its Ray calls, and once the output is final the
+CLI exits within seconds (`exit_within`) even if Ray's shutdown hangs.
 """
 
 from __future__ import annotations
@@ -83,9 +85,10 @@ class StopSignals:
 
 
 def exit_within(code: int, seconds: float) -> None:
-    """End the process with `code` after `seconds` unless it ended by then: for a stopped job whose
-    output, summary and lease are final, so that a hung shutdown of a dead Ray (the scheduler
-    signalled its processes too) cannot hold the exit or change its code."""
+    """End the process with `code` after `seconds` unless it ended by then, and ignore further stop
+    signals: for a stopped job whose output, summary and lease are final, so that a hung shutdown of
+    a dead Ray (the scheduler signalled its processes too) or a later signal cannot hold the exit or
+    change its code."""
 
     def force() -> None:
         for stream in (sys.stdout, sys.stderr):
@@ -98,3 +101,9 @@ def exit_within(code: int, seconds: float) -> None:
     timer = threading.Timer(seconds, force)
     timer.daemon = True
     timer.start()
+    # The output is final and the process is on its way out: a further Ctrl-C or SIGTERM (a second
+    # press, a scheduler's repeat) must not interrupt Ray's shutdown at interpreter exit, which then
+    # crashed the process (SIGSEGV) instead of exiting with `code`; the timer bounds the wait anyway.
+    if threading.current_thread() is threading.main_thread():
+        for signum in _SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
