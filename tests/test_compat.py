@@ -409,3 +409,24 @@ def test_a_local_rays_processes_start_in_process_groups_of_their_own():
         )
     group, pid = grouped.communicate(timeout=30)[0].split()
     assert group == pid != str(os.getpgrp())
+
+
+def test_ray_init_can_leave_the_sigterm_handler_in_place():
+    """`ray.init` installs its own SIGTERM handler (sys.exit(15)) through
+    `ray._private.utils.set_sigterm_handler`; inside `keep_sigterm_handler` that call changes nothing."""
+    import signal
+
+    from ray._private import utils
+
+    def mine(signum, frame):  # pragma: no cover - never called
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        with compat.keep_sigterm_handler():
+            utils.set_sigterm_handler(lambda signum, frame: None)
+            assert signal.getsignal(signal.SIGTERM) is mine
+        utils.set_sigterm_handler(signal.SIG_DFL)  # restored: Ray's call works again outside
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -154,6 +154,22 @@ def test_sigterm_while_ray_starts_stops_with_exit_143_and_an_interrupted_summary
     assert not list(out.glob("part-*.parquet"))
 
 
+def test_a_signal_whose_exception_was_swallowed_still_stops_the_run():
+    """Python drops an exception raised by a handler that runs inside a callback whose exceptions it
+    ignores (a fork's after-fork hooks): the signal is recorded all the same, and the run's next
+    check raises it; inside a commit the check waits for the commit's end."""
+    with StopSignals() as signals:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except Interrupted:
+            pass  # what the ignoring callback does
+        with signals.hold():
+            signals.check()  # not inside a commit
+        with pytest.raises(Interrupted) as stopped:
+            signals.check()
+        assert stopped.value.exit_code == 143
+
+
 def test_a_second_signal_while_stopping_changes_nothing():
     """Only the first signal raises; one that lands while the stop path commits is logged, not raised
     (it used to skip the summary), and one inside a commit waits for the outermost commit to end."""

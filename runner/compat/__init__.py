@@ -15,13 +15,14 @@ Everywhere else the code uses public APIs only. `CHECKED` is what the last lock 
 - `transformers_batching`: continuous batching's manager, per-request processors, paged cache, and
   the calling convention of attention functions;
 - `torch`: the varlen attention kernel's keyword arguments;
-- `ray`: the actor table, Ray Data read-task metadata and actor-pool restart bounds, the files a job's working directory ships, a local Ray's process groups;
+- `ray`: the actor table, Ray Data read-task metadata and actor-pool restart bounds, the files a job's working directory ships, a local Ray's process groups, `ray.init`'s SIGTERM handler;
 - `xgrammar`: JSON-schema grammar text.
 
 `from runner import compat; compat.NAME` reaches every function of every module.
 """
 
 from runner.compat.ray import (
+    keep_sigterm_handler,
     map_batches_on_actors,
     own_process_groups,
     ray_actor_table,
@@ -88,6 +89,7 @@ __all__ = [
     "dynamic_layer_base",
     "has_loaded_adapters",
     "json_strings_without_controls",
+    "keep_sigterm_handler",
     "layer_index",
     "layer_types",
     "manager_accepting",

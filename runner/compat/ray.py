@@ -138,3 +138,29 @@ def own_process_groups() -> Iterator[None]:
         yield
     finally:
         popen.__init__ = original
+
+
+@contextmanager
+def keep_sigterm_handler() -> Iterator[None]:
+    """While entered, `ray.init` leaves the SIGTERM handler in place instead of installing its own.
+
+    Why: `ray.init` first installs a handler that calls `sys.exit(15)`, so a SIGTERM during Ray's start
+    exits without the job's stop path (no summary, the lease held), and that `SystemExit` is lost
+    altogether where the handler runs inside a callback whose exceptions Python ignores (a fork's
+    after-fork hooks, while Ray starts its processes): the job then went on as if nothing came. With
+    the job's own handler in place the signal is at least recorded (runner.orchestration.signals).
+    Why private: `ray.init` has no option for it; it calls `ray._private.utils.set_sigterm_handler`,
+    which is made a no-op here. Checked: ray 2.60.0. Where the name is missing this does nothing."""
+    try:
+        from ray._private import utils
+
+        original = utils.set_sigterm_handler
+    except (ImportError, AttributeError) as err:
+        log.debug("ray.init keeps its own SIGTERM handler: %s", err)
+        yield
+        return
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = original

@@ -49,11 +49,13 @@ def connect(cfg: RayConfig) -> None:
     startup_trace.mark("driver: ray.init")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     main = threading.current_thread() is threading.main_thread()
-    # ray.init replaces the SIGTERM handler with one that exits with code 15; a job's own handler
-    # (runner.orchestration.signals) stops cleanly and exits 143, so it is put back.
+    # ray.init would replace the SIGTERM handler with one that exits with code 15; a job's own handler
+    # (runner.orchestration.signals) stops cleanly and exits 143, so it is kept in place during the
+    # start (compat.keep_sigterm_handler) and put back after it where that could not be done.
     previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
-        _init(ray, cfg)
+        with compat.keep_sigterm_handler():
+            _init(ray, cfg)
         startup_trace.mark("driver: ray.init done")
         logs.announce()
     except SystemExit as err:

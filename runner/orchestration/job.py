@@ -137,6 +137,7 @@ class Job:
         address = self.cfg.ray.address
         log.info(f"connecting to Ray at {address}" if address else "starting Ray")
         cluster.connect(self.cfg.ray)
+        signals.check()  # a signal whose exception Ray's start swallowed
         self.cfg = start_check(self.cfg, cluster.hardware())  # auto placement; "does not fit": exit 2
         pool = cluster.plan_pool(self.cfg.placement, cluster.gpus_per_node())
         with signals.hold():
@@ -203,6 +204,7 @@ class Job:
                     writer.write(batch)
                     stats.add(batch)
                 progress.update(batch.num_rows, stats)
+                signals.check()
             flusher.stop()
             self._commit_rest(writer, signals)
             return finish("done")

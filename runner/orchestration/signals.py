@@ -71,6 +71,15 @@ class StopSignals:
                 signum, self._pending = self._pending, None
                 raise Interrupted(signum)
 
+    def check(self) -> None:
+        """Raise `Interrupted` if a signal came: for the points a run passes outside `hold`, since the
+        exception a handler raises is lost where Python runs the handler inside a callback whose
+        exceptions it ignores (seen: a SIGTERM landing while `subprocess` forked one of Ray's
+        processes ran the handler in logging's after-fork hook, "Exception ignored in
+        `_releaseLock`", and the job went on)."""
+        if self.received is not None and not self._held:
+            raise Interrupted(self.received)
+
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
         if self.received is not None:
