@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -68,6 +69,58 @@ def _state(pid: int) -> str:
             return stat.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+RAY_GONE_WITHIN_S = 10
+
+
+def process_table() -> dict[int, tuple[int, int]]:
+    """Every live process: pid -> (parent pid, process group)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if entry.isdigit() and fields[0] != "Z":
+            found[int(entry)] = (int(fields[1]), int(fields[2]))
+    return found
+
+
+def names(pids: list[int]) -> list[str]:
+    """The command names of those of `pids` still running."""
+    found = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as comm:
+                found.append(comm.read().strip())
+        except OSError:
+            pass
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Pids of the processes `pid` started, and of those they started (the local Ray a driver started)."""
+    found, parents = [], {pid}
+    table = process_table()
+    while parents:
+        children = [child for child, (parent, _) in table.items() if parent in parents]
+        found += children
+        parents = set(children)
+    return found
+
+
+def snapshot(pids: list[int]) -> dict[int, int]:
+    """pid -> process group of those of `pids` running now."""
+    table = process_table()
+    return {pid: table[pid][1] for pid in pids if pid in table}
+
+
+def still_running(before: dict[int, int]) -> list[int]:
+    """The processes of a `snapshot` still running (a pid reused since is in another group)."""
+    table = process_table()
+    return [pid for pid, pgid in before.items() if pid in table and table[pid][1] == pgid]
 
 
 def assert_stopped(config: Path, proc: subprocess.Popen, signum: int, sent: float) -> None:
@@ -190,3 +243,86 @@ def test_a_second_signal_while_stopping_changes_nothing():
         steps.append("lease released")
         assert signals.received == signal.SIGINT
     assert steps == ["inner commit done", "outer commit done", "summary written", "lease released"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "moment",
+    ["ray::DashboardA", "ray::IDLE", "ray::MapWorker("],
+    ids=["ray-starting", "driver-connecting", "job-running"],
+)
+def test_a_group_signal_reaches_the_driver_alone_and_its_ray_ends_with_it(job, moment):  # noqa: F811
+    """The local Ray the driver starts (GCS, raylet, agents, workers) runs in process groups of its own;
+    after a SIGTERM to the driver's group, while Ray starts (its first agent is up), while `ray.init`
+    connects the driver (Ray starts its first workers then) or once the replica runs, the driver stops
+    as ever and none of those processes is left."""
+    proc = start(job)
+    try:
+        deadline = time.monotonic() + 120
+        while moment not in names(descendants(proc.pid)):
+            assert proc.poll() is None and time.monotonic() < deadline, read_stderr(job.parent)
+            time.sleep(0.01)
+        ray = snapshot(descendants(proc.pid))
+        assert group_members(proc.pid) == [proc.pid], names(list(ray))
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert_stopped(job, proc, signal.SIGTERM, time.monotonic())
+        deadline = time.monotonic() + RAY_GONE_WITHIN_S
+        while still_running(ray) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not still_running(ray), names(still_running(ray))
+    finally:
+        stop_group(proc)
+
+
+def test_a_stop_raised_where_python_drops_exceptions_is_raised_again():
+    """A signal's handler can run in a finalizer, whose exceptions Python prints and drops: the stop is
+    raised again once the finalizer is done, not lost (the job would run on to its end)."""
+    steps = []
+
+    class Finalized:
+        def __del__(self):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):  # the handler runs in here, and Python drops its `Interrupted`
+                    pass
+                steps.append("finalizer ran on")
+            finally:
+                steps.append("finalizer left")
+
+    with StopSignals() as signals:
+        started = time.monotonic()
+        with pytest.raises(Interrupted) as stop:
+            Finalized()
+            time.sleep(5)  # the signal, sent again, ends the sleep
+            steps.append("ran on")
+        assert time.monotonic() - started < 2
+        assert stop.value.exit_code == 143 and signals.received == signal.SIGTERM
+    assert steps == ["finalizer left"]
+
+
+STOPPED_THEN_SIGNALLED = """
+import atexit, os, signal, sys, time
+from runner.orchestration.signals import exit_within
+
+def ray_shutdown():  # as Ray's own at exit; a second Ctrl-C lands in it
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.3)
+    print("shut down")
+
+atexit.register(ray_shutdown)
+exit_within(130, 5)
+sys.exit(130)
+"""
+
+
+def test_once_the_output_is_final_a_later_signal_cannot_break_the_exit():
+    """A second Ctrl-C after the stop path ended used to interrupt Ray's shutdown at exit, whose core
+    worker then crashed the process (exit -11 for 130)."""
+    done = subprocess.run(
+        [sys.executable, "-c", STOPPED_THEN_SIGNALLED],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (130, "shut down\n"), done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,48 +97,97 @@ def map_batches_on_actors(ds, stage, *, max_restarts: int, max_task_retries: int
 
 @contextmanager
 def own_process_groups() -> Iterator[None]:
-    """While entered, each process Ray starts for a local instance (GCS, raylet, their agents; the
-    raylet's workers then inherit the raylet's group) begins a process group of its own, on Linux.
+    """While entered, each process Ray starts from this process (a local `ray.init`: GCS server, raylet,
+    monitors; the raylet's agents share the raylet's group, and Ray puts its workers in groups of their
+    own anyway) starts in a process group of its own, so a signal to the caller's process group
+    (`kill -- -PGID`, a terminal's Ctrl-C) reaches the caller alone, which then shuts Ray down itself.
+    Linux only; elsewhere a no-op. A signal to every process of a cgroup still reaches Ray's processes.
 
-    Why: schedulers and shells stop a job by signalling its process group (`kill -- -PGID`, a
-    terminal's Ctrl-C; Slurm and systemd signal every process of the job or unit instead). When
-    Ray's processes share the driver's group they die with it at the same moment, and Ray's core
-    worker in the driver then ends the driver itself (exit 1, "The connection to the plasma store is
-    failed") before its stop path has written the summary and released the lease. In their own
-    groups only the driver gets the signal; it stops cleanly and shuts Ray down. Ray still starts
-    them with kernel fate-sharing (PR_SET_PDEATHSIG), so they die with the driver if it is killed.
-    Why private: `ray.init` has no option for the children's process group; they are started through
-    `ray._private.services.ConsolePopen` (a `subprocess.Popen`), whose `preexec_fn` (Ray's: block
-    SIGINT, set the death signal) is chained after `os.setpgid(0, 0)` here. Checked: ray 2.60.0.
-    Where the name is missing (another Ray), this does nothing and says so in the debug log."""
-    try:
-        from ray._private import services
+    Ray's kernel fate-sharing is kept: Ray's own `preexec_fn` (SIGINT blocked, `PR_SET_PDEATHSIG`)
+    still runs in each child, after the new group is made, so the GCS server and raylet still die
+    with the process that started them, SIGKILL included. Without kernel fate-sharing Ray cleans up
+    with a reaper that kills its own process group instead, so then nothing changes.
 
-        popen = services.ConsolePopen
-    except (ImportError, AttributeError) as err:
-        log.debug("cannot give a local Ray's processes their own process groups: %s", err)
-        popen = None
-    if popen is None or not sys.platform.startswith("linux"):
+    When the body raises (a signal while `ray.init` runs), the groups of the processes it started are
+    killed: a `ray.init` that did not return leaves no node for `ray.shutdown` to stop, and fate-sharing
+    ends the GCS server and raylet but not the raylet's agents, which outlive it by a minute or more.
+    (Those started include a child forked just as the exception came: any new child of this process.)
+
+    Why private: `ray.init` has no option for its processes' group. `ray._private.services.ConsolePopen`
+    (a `subprocess.Popen` subclass) is what `start_ray_process` spawns each of them with
+    (`ray._private.utils.detect_fate_sharing_support` says whether Ray fate-shares); while entered
+    it is replaced by a subclass that calls `os.setpgid(0, 0)` in the child before the given
+    `preexec_fn`, and put back on exit (a module global: whatever else starts Ray processes meanwhile
+    gets the same). When the name is missing (a changed Ray): a debug line, and Ray's processes share
+    the caller's group as before.
+    Checked: ray 2.60.0."""
+    if not sys.platform.startswith("linux"):
         yield
         return
-    original = popen.__init__
+    try:
+        from ray._private import services, utils
 
-    def __init__(self, *args, **kwargs):
-        given = kwargs.get("preexec_fn")
+        original = services.ConsolePopen
+        kernel_fate_sharing = bool(utils.detect_fate_sharing_support())
+    except (ImportError, AttributeError) as err:
+        log.debug("cannot start Ray's processes in their own process group: %s", err)
+        original = None
+    else:
+        if not kernel_fate_sharing:
+            log.debug(
+                "Ray's processes stay in this process group: its reaper (no kernel fate-sharing) needs it"
+            )
+            original = None
+    if original is None:
+        yield
+        return
 
-        def preexec() -> None:
-            os.setpgid(0, 0)
-            if given is not None:
-                given()
+    started: set[int] = set()
+    before = _children()
 
-        kwargs["preexec_fn"] = preexec
-        original(self, *args, **kwargs)
+    class OwnGroupPopen(original):
+        def __init__(self, *args, preexec_fn=None, **kwargs):
+            def preexec() -> None:
+                os.setpgid(0, 0)
+                if preexec_fn is not None:
+                    preexec_fn()
 
-    popen.__init__ = __init__
+            super().__init__(*args, preexec_fn=preexec, **kwargs)
+            started.add(self.pid)
+
+    services.ConsolePopen = OwnGroupPopen
     try:
         yield
+    except BaseException:
+        # Also a child forked as the exception came, before its Popen returned (perhaps before its
+        # `preexec_fn` made its group): every child this process has now and had not before.
+        new = _children() - before
+        for kill, target in [(os.kill, pid) for pid in new] + [(os.killpg, pid) for pid in started | new]:
+            try:
+                kill(target, signal.SIGKILL)
+            except OSError:  # gone already
+                pass
+        raise
     finally:
-        popen.__init__ = original
+        services.ConsolePopen = original
+
+
+def _children() -> set[int]:
+    """The pids of this process's children (read from /proc; none when it cannot be read)."""
+    me, found = os.getpid(), set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == me:
+            found.add(int(entry))
+    return found
 
 
 @contextmanager

@@ -22,6 +22,7 @@ from runner import compat, errors, logs
 from runner.config import JobConfig, PlacementConfig, RayConfig, RetryConfig
 from runner.errors import ConfigError, ReplicaFailed, RunnerError, first_line, root_cause
 from runner.orchestration import startup_trace
+from runner.orchestration.signals import exit_at_once
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +54,25 @@ def connect(cfg: RayConfig) -> None:
     # (runner.orchestration.signals) stops cleanly and exits 143, so it is kept in place during the
     # start (compat.keep_sigterm_handler) and put back after it where that could not be done.
     previous = signal.getsignal(signal.SIGTERM) if main else None
+    started = False
     try:
         with compat.keep_sigterm_handler():
             _init(ray, cfg)
+        started = True
         startup_trace.mark("driver: ray.init done")
         logs.announce()
-    except SystemExit as err:
-        # A SIGTERM while ray.init runs meets Ray's handler (sys.exit(15): a silent exit); the job's
-        # handler stops the job as at any other moment (summary, lease, exit 143, one line).
-        if err.code == signal.SIGTERM and callable(previous):
+    except (KeyboardInterrupt, SystemExit) as err:
+        if main and not started:
+            # A signal while ray.init connects the driver lands in Ray's C++ failure-signal handler,
+            # which arms a 3-second SIGALRM abort (cancelled: the runner sets no alarm of its own), and
+            # can leave Ray's core worker half made, whose exit handler then crashes the process. So
+            # once the job's output is final the process ends at once (the local Ray's processes are
+            # killed already: compat.own_process_groups).
+            signal.alarm(0)
+            exit_at_once()
+        # A SIGTERM while ray.init runs may meet Ray's handler (sys.exit(15): a silent exit); the
+        # job's handler stops the job as at any other moment (summary, lease, exit 143, one line).
+        if isinstance(err, SystemExit) and err.code == signal.SIGTERM and callable(previous):
             previous(signal.SIGTERM, None)
         raise
     finally:

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 log = logging.getLogger(__name__)
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+REDELIVER_S = 0.05  # after an `Interrupted` was dropped, when its signal is sent again
 
 
 class Interrupted(KeyboardInterrupt):
@@ -41,23 +42,53 @@ class Interrupted(KeyboardInterrupt):
 
 class StopSignals:
     """While entered, SIGINT and SIGTERM raise `Interrupted` (deferred inside `hold()`); `received` is
-    the first signal, once one came. Later signals are logged and change nothing."""
+    the first signal, once one came. Later signals are logged and change nothing.
+
+    Python runs a signal's handler wherever the main thread is, also in a finalizer, a weakref callback
+    or a fork's after-fork hook, where it prints an exception and drops it ("Exception ignored in
+    ..."): an `Interrupted` dropped there is raised again (`sys.unraisablehook`: the signal is sent to
+    the main thread again), and `check()` raises a received signal at the points a run passes."""
 
     def __init__(self) -> None:
         self._previous: dict[int, object] = {}
+        self._previous_hook = None
         self._held = 0  # `hold` blocks entered and not left (they nest)
         self._pending: int | None = None
+        self._dropped = False  # the first signal's `Interrupted` was dropped: raise it again
+        self._lock = threading.Lock()
         self.received: int | None = None
 
     def __enter__(self) -> StopSignals:
         # Handlers can only be set from the main thread; elsewhere the caller's handling stays.
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in _SIGNALS}
+            self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
         return self
 
     def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+        with self._lock:  # not while `_signal_again` sends the signal
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+            if self._previous_hook is not None:
+                sys.unraisablehook, self._previous_hook = self._previous_hook, None
+
+    def _unraisable(self, unraisable) -> None:
+        if isinstance(unraisable.exc_value, Interrupted) and unraisable.exc_value.signum == self.received:
+            log.debug(
+                "the stop was raised where Python drops exceptions (%s): raising it again", unraisable.object
+            )
+            self._dropped = True
+            # Not from here: the handler would run at once, inside this hook, and be dropped again.
+            again = threading.Timer(REDELIVER_S, self._signal_again)
+            again.daemon = True
+            again.start()
+            return
+        self._previous_hook(unraisable)
+
+    def _signal_again(self) -> None:
+        with self._lock:
+            if self._dropped and self._previous_hook is not None:  # still entered, not raised since
+                signal.pthread_kill(threading.main_thread().ident, self.received)
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -82,15 +113,30 @@ class StopSignals:
 
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
-        if self.received is not None:
+        if self._dropped:
+            self._dropped = False
+            signum = self.received
+        elif self.received is not None:
             log.warning("received %s again: already stopping (committing what is complete)", name)
             return
-        log.warning("received %s: stopping", name)
-        self.received = signum
+        else:
+            log.warning("received %s: stopping", name)
+            self.received = signum
         if self._held:
             self._pending = signum
             return
         raise Interrupted(signum)
+
+
+_at_once = False  # `exit_within` ends the process at once (`exit_at_once`)
+
+
+def exit_at_once() -> None:
+    """Have `exit_within` end the process at once: for a process whose own exit cannot be trusted (a
+    signal that interrupted `ray.init` can leave Ray's core worker half made, and its exit handler then
+    crashes the process)."""
+    global _at_once
+    _at_once = True
 
 
 def exit_within(code: int, seconds: float) -> None:
@@ -116,3 +162,5 @@ def exit_within(code: int, seconds: float) -> None:
     if threading.current_thread() is threading.main_thread():
         for signum in _SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
+    if _at_once:
+        force()
