@@ -36,41 +36,6 @@ from tests.test_resume import (  # noqa: F401 - fixtures
 STOP_WITHIN_S = 15
 
 
-def processes(field: int, value: int) -> list[int]:
-    """Pids of the live processes whose /proc stat field (after the name) `field` is `value`:
-    1 the parent pid, 2 the process group."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if entry.isdigit() and int(fields[field]) == value and fields[0] != "Z":
-            found.append(int(entry))
-    return found
-
-
-def group_members(pgid: int) -> list[int]:
-    return processes(2, pgid)
-
-
-def children(pid: int) -> list[int]:
-    return processes(1, pid)
-
-
-def alive(pids: list[int]) -> list[int]:
-    return [pid for pid in pids if os.path.exists(f"/proc/{pid}") and _state(pid) != "Z"]
-
-
-def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "Z"
-
-
 RAY_GONE_WITHIN_S = 10
 
 
@@ -86,6 +51,16 @@ def process_table() -> dict[int, tuple[int, int]]:
         if entry.isdigit() and fields[0] != "Z":
             found[int(entry)] = (int(fields[1]), int(fields[2]))
     return found
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the processes in a process group."""
+    return [pid for pid, (_, group) in process_table().items() if group == pgid]
+
+
+def children(pid: int) -> list[int]:
+    """Pids of the processes `pid` started itself."""
+    return [child for child, (parent, _) in process_table().items() if parent == pid]
 
 
 def names(pids: list[int]) -> list[str]:
@@ -105,9 +80,9 @@ def descendants(pid: int) -> list[int]:
     found, parents = [], {pid}
     table = process_table()
     while parents:
-        children = [child for child, (parent, _) in table.items() if parent in parents]
-        found += children
-        parents = set(children)
+        level = [child for child, (parent, _) in table.items() if parent in parents]
+        found += level
+        parents = set(level)
     return found
 
 
@@ -153,14 +128,14 @@ def test_sigterm_to_the_process_group_mid_job_stops_within_seconds_and_resumes_e
     proc = start(job)
     try:
         wait_for_first_part(proc, out)
-        ray_processes = children(proc.pid)
+        ray_processes = snapshot(children(proc.pid))
         assert ray_processes and group_members(proc.pid) == [proc.pid]
         os.killpg(proc.pid, signal.SIGTERM)
         assert_stopped(job, proc, signal.SIGTERM, time.monotonic())
-        deadline = time.monotonic() + 10
-        while alive(ray_processes) and time.monotonic() < deadline:
+        deadline = time.monotonic() + RAY_GONE_WITHIN_S
+        while still_running(ray_processes) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not alive(ray_processes), "the driver's local Ray outlived it"
+        assert not still_running(ray_processes), "the driver's local Ray outlived it"
     finally:
         stop_group(proc)
     committed, summary = committed_state(out)
