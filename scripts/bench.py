@@ -83,6 +83,7 @@ class Result:
     peak_mem_gib: float
     texts: list[str] = field(repr=False)
     reused: int | None = None  # the job's prefix_tokens_reused (_job.json)
+    weights_gib: float | None = None  # the loaded model's own footprint (our engine's contenders)
 
     def row(self, base: Result, base_texts: list[str]) -> dict:
         rate = self.useful_tokens / self.wall_s
@@ -220,11 +221,13 @@ def run_engine(strategy: str, model_cfg, rows: list[dict], batching: dict) -> Re
     requests = [Request(r["id"], p, r["limit"]) for r, p in zip(rows, ids, strict=True)]
     with Meter(engine.model) as meter:
         done = engine.generate(requests)
+    weights = engine.model.get_memory_footprint() / 2**30
     engine.close()
     useful = sum(c.generated_tokens for c in done)
     needed = sum(positions_needed(len(p), c.generated_tokens) for p, c in zip(ids, done, strict=True))
     texts = [c.texts[0] for c in done]
-    return Result(strategy, meter.wall, useful, needed, meter.positions, meter.peak / 2**30, texts)
+    peak = meter.peak / 2**30
+    return Result(strategy, meter.wall, useful, needed, meter.positions, peak, texts, weights_gib=weights)
 
 
 def run_ray_job(model_cfg, rows: list[dict], batching: dict, workdir: Path) -> Result:

@@ -49,17 +49,6 @@ def predicted(model_cfg, batching: dict) -> dict:
     }
 
 
-def footprint_gib(model_cfg) -> float:
-    """The loaded model's own bytes (weights and buffers) as transformers counts them."""
-    from runner.config import PlacementConfig
-    from runner.engine.loading import load_model
-
-    model = load_model(model_cfg, PlacementConfig())
-    size = model.get_memory_footprint() / 2**30
-    del model
-    return round(size, 3)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="bench-1b", help="demo model (scripts/bench.py --gpu: bench-1b)")
@@ -115,7 +104,7 @@ def main(argv=None) -> int:
         entry = {"mode": mode} | {names.get(k, k): v for k, v in row.items()}
         try:
             entry |= predicted(model_config(args.model, mode), batching)
-            entry["loaded_weights_gib"] = footprint_gib(model_config(args.model, mode))
+            entry["loaded_weights_gib"] = round(results[mode].weights_gib, 3)
         except Exception as err:  # noqa: BLE001 - the planner's miss is a finding, not a reason to stop
             entry["plan_error"] = f"{type(err).__name__}: {str(err)[:300]}"
         report["results"].append(entry)
