@@ -89,6 +89,25 @@ def test_padded_one_prefill_for_the_whole_batch_equals_the_reference(tiny_model,
     ]
 
 
+def test_padded_stops_reading_padding_columns_once_the_longest_rows_finish(tiny_model, oracle, monkeypatch):
+    """The 744-token prompt stops after 5 tokens: from then on every decode step reads the cache (and
+    the mask) from the first column a live row uses, and every row still equals the reference."""
+    from runner.engine.kv_cache import SlotCache
+
+    starts = []
+    trim = SlotCache.trim
+    monkeypatch.setattr(SlotCache, "trim", lambda self, start: (starts.append(start), trim(self, start))[1])
+    engine = make_engine(tiny_model, "padded", max_padding=1.0)  # one batch, every row decoding together
+    requests = requests_for(engine, MIXED, LIMITS)
+    assert [c.token_ids[0] for c in engine.generate(requests)] == [
+        oracle(r.prompt_ids, r.max_new_tokens) for r in requests
+    ]
+    longest = max(len(r.prompt_ids) for r in requests)
+    second = sorted(len(r.prompt_ids) for r in requests)[-2]
+    assert starts[0] == 0 and starts[-1] >= longest - second > 500
+    engine.close()
+
+
 def test_empty_input_gives_empty_output(engine):
     assert engine.generate([]) == []
 

@@ -152,18 +152,21 @@ def test_rows_of_every_length_around_a_shared_prefix_equal_the_reference(tiny_mo
     engine.close()
 
 
+@pytest.mark.parametrize("groups", [[0, 1, -1, 0, 1], [-1, 0, -1, -1, -1]], ids=["most-share", "few-share"])
 @pytest.mark.parametrize("mask_kind", ["bool", "additive", "none"])
-def test_cascade_attention_equals_sdpa_over_the_prefix_and_own_keys_joined(mask_kind):
+def test_cascade_attention_equals_sdpa_over_the_prefix_and_own_keys_joined(mask_kind, groups):
     """The two-part softmax against SDPA over each row's [prefix; own] keys: grouped-query heads, rows
-    of two prefixes and a row sharing none, left padding in the own part, several query positions."""
+    of two prefixes and rows sharing none (a few: picked out; most: every row through the model's own
+    SDPA, the sharing rows replaced), left padding in the own part, several query positions (no mask:
+    a prefill whose queries are the whole own part, as transformers leaves the mask out only then)."""
     import torch.nn.functional as F
 
     gen = torch.Generator().manual_seed(0)
-    rows, heads, kv_heads, q_len, own_len, dim = 5, 8, 2, 3, 7, 16
+    rows, heads, kv_heads, own_len, dim = 5, 8, 2, 7, 16
+    q_len = own_len if mask_kind == "none" else 3
     query = torch.randn(rows, heads, q_len, dim, generator=gen)
     key, value = (torch.randn(rows, kv_heads, own_len, dim, generator=gen) for _ in range(2))
     prefixes = [[tuple(torch.randn(1, kv_heads, n, dim, generator=gen) for _ in range(2))] for n in (11, 4)]
-    groups = [0, 1, -1, 0, 1]
     pads = [0, 2, 1, 3, 0]  # left padding of each row's own part
     seen = torch.ones(rows, 1, q_len, own_len, dtype=torch.bool).tril(own_len - q_len)
     for r, pad in enumerate(pads):
@@ -176,7 +179,7 @@ def test_cascade_attention_equals_sdpa_over_the_prefix_and_own_keys_joined(mask_
     else:
         mask = torch.zeros(seen.shape).masked_fill(~seen, torch.finfo(torch.float32).min)
     module = torch.nn.Module()
-    module.layer_idx = 0
+    module.layer_idx, module.num_key_value_groups = 0, heads // kv_heads  # as transformers' layers
     out, _ = cascade._cascade(cascade.Shared(prefixes, groups), module, query, key, value, mask, None, {})
     for r in range(rows):
         keys, values, visible = key[r : r + 1], value[r : r + 1], seen[r : r + 1]

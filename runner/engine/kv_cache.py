@@ -5,7 +5,9 @@ and drops rows with `batch_select_indices` (another full copy). Here each layer 
 [rows, kv_heads, capacity, head_dim] allocated once: a step writes its new column in place, and a
 finished row is removed by moving the last live row into its slot, so the live rows are always the
 first `rows` of the buffer and the model reads them as a plain view. Row order changes on removal;
-`DecodeLoop` applies the same moves to its own row list.
+`DecodeLoop` applies the same moves to its own row list. The view also starts at `start`, the first
+column any live row uses (`SlotCache.trim`): once the batch's longest prompts have finished, the
+padding columns in front of every remaining row are no longer read at each step.
 
 Every layer keeps every column, sliding-window layers included. transformers' own cache for a sliding
 layer (`DynamicSlidingWindowLayer`) keeps only the last `sliding_window - 1` columns, counted per
@@ -32,6 +34,7 @@ class SlotLayer(compat.dynamic_layer_base()):
         self.capacity = capacity
         self.rows = 0
         self.length = 0
+        self.start = 0  # the first column the model sees (those before it are padding for every live row)
 
     def fill(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Start from prefilled (left-padded) keys and values [rows, kv_heads, length, head_dim]."""
@@ -41,7 +44,7 @@ class SlotLayer(compat.dynamic_layer_base()):
         self._k[:, :, :length] = keys
         self._v[:, :, :length] = values
         self.dtype, self.device = keys.dtype, keys.device
-        self.rows, self.length, self.is_initialized = rows, length, True
+        self.rows, self.length, self.start, self.is_initialized = rows, length, 0, True
         self._refresh()
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -56,17 +59,22 @@ class SlotLayer(compat.dynamic_layer_base()):
         """Drop a row: the last live row moves into its slot."""
         last = self.rows - 1
         if slot != last:
-            self._k[slot, :, : self.length] = self._k[last, :, : self.length]
-            self._v[slot, :, : self.length] = self._v[last, :, : self.length]
+            self._k[slot, :, self.start : self.length] = self._k[last, :, self.start : self.length]
+            self._v[slot, :, self.start : self.length] = self._v[last, :, self.start : self.length]
         self.rows = last
         self._refresh()
 
+    def trim(self, start: int) -> None:
+        """Show the model columns from `start` on (the caller's attention mask starts there too)."""
+        self.start = start
+        self._refresh()
+
     def get_seq_length(self) -> int:
-        return self.length
+        return self.length - self.start
 
     def _refresh(self) -> None:
-        self.keys = self._k[: self.rows, :, : self.length]
-        self.values = self._v[: self.rows, :, : self.length]
+        self.keys = self._k[: self.rows, :, self.start : self.length]
+        self.values = self._v[: self.rows, :, self.start : self.length]
 
 
 def full_cache(model_config) -> DynamicCache:
@@ -89,3 +97,8 @@ class SlotCache(DynamicCache):
     def remove(self, slot: int) -> None:
         for layer in self.layers:
             layer.remove(slot)
+
+    def trim(self, start: int) -> None:
+        """Hide the columns before `start` from the model: no live row uses them (left padding only)."""
+        for layer in self.layers:
+            layer.trim(start)

@@ -59,6 +59,7 @@ class Batch:
         self.mask = torch.zeros((len(seqs), capacity), dtype=torch.long, device=model.device)
         for row, length in enumerate(lengths):
             self.mask[row, width - length : width] = 1  # right-aligned at `width`, decode columns after
+        self.width = width  # the prompt columns: row r's are the last lengths[r] of them
         self.columns = width
         self.shared: cascade.Shared | None = shared  # cascade: each row's prefix group
         self._layers = layers  # the model's attention layers, each of which must reach the cascade
@@ -71,9 +72,14 @@ class Batch:
         device = self.mask.device
         ids = torch.tensor([[s.tokens[-1]] for s in self.seqs], device=device)
         positions = torch.tensor([[s.position - 1] for s in self.seqs], device=device)
+        # Columns before the longest live row's first are padding in every row: neither the cache nor
+        # the mask shows them (a row's real tokens and their distances stay as they were; positions are
+        # given per row). Rows leave in any order, so this narrows as the longest prompts finish.
+        start = self.width - max(self.lengths)
+        self.cache.trim(start)
         attending = cascade.attending(self.shared, self._layers) if self.shared is not None else nullcontext()
         with attending:
-            self.logits = forward(ids, self.mask[:rows, : self.columns], positions, self.cache)
+            self.logits = forward(ids, self.mask[:rows, start : self.columns], positions, self.cache)
         return self.logits
 
     def remove(self, slot: int) -> None:
