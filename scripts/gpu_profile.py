@@ -8,7 +8,11 @@ a per-row max_new_tokens). Pass 1 runs every row with a hook that synchronises a
 records its rows x positions and seconds, so `outside_forward_s` is the engine's own time (planning,
 sampling, cache moves, Python) that the GPU waits on. Pass 2 runs `--profile-rows` rows under
 torch.profiler and prints the operators that take the most device and host time. A short warm-up
-first keeps CUDA's one-time costs out of both. `--allow-cpu` runs it without CUDA (a smoke test).
+first keeps CUDA's one-time costs out of both. `--allow-cpu` runs it without CUDA (a smoke test);
+`--cpu` profiles scripts/bench.py's CPU workload instead (small-llama in fp32; `--max-len`, `--max-new`
+as bench.py's), e.g. where `padded`'s time goes in the vLLM comparison of docs/performance.md:
+
+  python scripts/gpu_profile.py --cpu --strategy padded --prompts 64 --max-len 512 --max-new 64
 """
 
 from __future__ import annotations
@@ -72,6 +76,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--allow-cpu", action="store_true")
+    p.add_argument("--cpu", action="store_true", help="bench.py's CPU workload (small-llama in fp32)")
+    p.add_argument(
+        "--max-len", type=int, help="longest prompt in tokens (bench.py's default for the workload)"
+    )
+    p.add_argument("--max-new", type=int, help="largest per-row max_new_tokens (the workload's default)")
     p.add_argument("--json", type=Path)
     return p.parse_args(argv)
 
@@ -85,11 +94,12 @@ def main(argv=None) -> int:
     from runner.engine import Engine, Request
 
     cuda = torch.cuda.is_available()
-    if not (cuda or args.allow_cpu):
-        print("gpu_profile.py needs a CUDA GPU", file=sys.stderr)
+    if not (cuda or args.allow_cpu or args.cpu):
+        print("gpu_profile.py needs a CUDA GPU (or --cpu)", file=sys.stderr)
         return 2
-    mode = dict(MODES["gpu"], model=args.model)
-    model_cfg = ModelConfig(path=f"demo:{args.model}", dtype="bfloat16")
+    mode = dict(MODES["cpu"]) if args.cpu else dict(MODES["gpu"], model=args.model)
+    mode |= {k: v for k, v in {"max_len": args.max_len, "max_new": args.max_new}.items() if v is not None}
+    model_cfg = ModelConfig(path=f"demo:{mode['model']}", dtype="float32" if args.cpu else "bfloat16")
     engine = Engine(
         model_cfg,
         SamplingConfig(),
