@@ -244,7 +244,7 @@ def test_own_cache_layers_are_read_by_the_model(model):
         expected = [call.logits(prompt, cache=theirs), call.logits(step, cache=theirs)]
         got = [call.logits(prompt, cache=ours)]
         slots = SlotCache(model.config, 8)
-        slots.fill([(layer.keys, layer.values) for layer in ours.layers])
+        slots.fill([[(layer.keys, layer.values) for layer in ours.layers]], prompt.shape[1])
         got.append(call.logits(step, cache=slots))
     for a, b in zip(expected, got, strict=True):
         assert torch.allclose(a, b, atol=1e-5), broke("DynamicCache.layers / DynamicLayer")

@@ -207,7 +207,7 @@ def test_cascade_rows_of_two_prefixes_and_none_keep_only_their_own_tokens_and_eq
     widths = []
     fill = SlotCache.fill
     monkeypatch.setattr(
-        SlotCache, "fill", lambda self, layers: (widths.append(layers[0][0].shape[2]), fill(self, layers))[1]
+        SlotCache, "fill", lambda self, parts, width: (widths.append(width), fill(self, parts, width))[1]
     )
     engine = padded_engine(tiny_model, max_batch_size=16)
     other = "Reply in French, with one word, and never more than that. " * 4
@@ -307,7 +307,7 @@ def test_a_shared_prefill_that_fails_turns_sharing_off_logged_and_rows_still_com
         raise RuntimeError("this model rejects a prefill over a cache")
 
     engine = padded_engine(tiny_model)
-    monkeypatch.setattr(SharedPrefill, "fill", broken)
+    monkeypatch.setattr(SharedPrefill, "fill_parts", broken)
     ids = engine.tokenize([SYSTEM + q for q in QUESTIONS[:3]])
     with caplog.at_level("WARNING"):
         done = engine.generate([Request(str(i), p, 5) for i, p in enumerate(ids)])

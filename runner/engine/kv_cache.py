@@ -36,15 +36,26 @@ class SlotLayer(compat.dynamic_layer_base()):
         self.length = 0
         self.start = 0  # the first column the model sees (those before it are padding for every live row)
 
-    def fill(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Start from prefilled (left-padded) keys and values [rows, kv_heads, length, head_dim]."""
-        rows, heads, length, dim = keys.shape
-        self._k = keys.new_zeros(rows, heads, self.capacity, dim)
-        self._v = values.new_zeros(rows, heads, self.capacity, dim)
-        self._k[:, :, :length] = keys
-        self._v[:, :, :length] = values
-        self.dtype, self.device = keys.dtype, keys.device
-        self.rows, self.length, self.start, self.is_initialized = rows, length, 0, True
+    def fill(self, parts: list[tuple[torch.Tensor, torch.Tensor]], width: int) -> None:
+        """Start from prefilled keys and values: parts [rows_i, kv_heads, columns_i, head_dim] of
+        consecutive rows, each right-aligned at column `width` (left padding before it: zeros).
+
+        Written straight into the buffer: no padded or joined copy of the prefill's cache is made
+        first. Columns past `width` are not cleared: a decode step writes each before the view
+        reaches it."""
+        first = parts[0][0]
+        rows, heads, dim = sum(keys.shape[0] for keys, _ in parts), first.shape[1], first.shape[3]
+        self._k = first.new_empty(rows, heads, self.capacity, dim)
+        self._v = first.new_empty(rows, heads, self.capacity, dim)
+        row = 0
+        for keys, values in parts:
+            count, pad = keys.shape[0], width - keys.shape[2]
+            for buffer, part in ((self._k, keys), (self._v, values)):
+                buffer[row : row + count, :, :pad] = 0  # masked, but read: finite values only
+                buffer[row : row + count, :, pad:width] = part
+            row += count
+        self.dtype, self.device = first.dtype, first.device
+        self.rows, self.length, self.start, self.is_initialized = rows, width, 0, True
         self._refresh()
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -89,10 +100,11 @@ class SlotCache(DynamicCache):
         super().__init__(config=model_config)
         compat.cache_with_layers(self, lambda: SlotLayer(capacity))
 
-    def fill(self, prefilled: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Load every layer from prefilled (keys, values)."""
-        for layer, (keys, values) in zip(self.layers, prefilled, strict=True):
-            layer.fill(keys, values)
+    def fill(self, parts: list[list[tuple[torch.Tensor, torch.Tensor]]], width: int) -> None:
+        """Load every layer from prefilled parts of consecutive rows (each part: (keys, values) per
+        layer), right-aligned at column `width` (`SlotLayer.fill`)."""
+        for index, layer in enumerate(self.layers):
+            layer.fill([part[index] for part in parts], width)
 
     def remove(self, slot: int) -> None:
         for layer in self.layers:

@@ -43,7 +43,7 @@ class Batch:
         self,
         seqs: list[Sequence],
         model,
-        kv: KV,
+        parts: list[KV],
         lengths: list[int],
         width: int,
         logits,
@@ -55,7 +55,7 @@ class Batch:
         self.lengths = lengths  # prompt columns each row keeps in this cache (cascade: its suffix)
         capacity = width + max(s.request.max_new_tokens for s in seqs)
         self.cache = SlotCache(model.config, capacity)
-        self.cache.fill(kv)
+        self.cache.fill(parts, width)  # parts of consecutive rows, each right-aligned at `width`
         self.mask = torch.zeros((len(seqs), capacity), dtype=torch.long, device=model.device)
         for row, length in enumerate(lengths):
             self.mask[row, width - length : width] = 1  # right-aligned at `width`, decode columns after
@@ -109,16 +109,13 @@ class PlainLayout:
         prompts = [s.request.prompt_ids for s in seqs]
         lengths = [len(p) for p in prompts]
         width = max(lengths)
+        # Each group's cache at its own width: the batch's cache places the groups (no padded copies).
         parts = [
-            prefill(self.model, forward, prompts[start:stop], self.pad_id, width)
+            prefill(self.model, forward, prompts[start:stop], self.pad_id, max(lengths[start:stop]))
             for start, stop in prefill_groups(lengths, self.max_padding)
         ]
         logits = torch.cat([logits for logits, _ in parts])
-        kv = [
-            (torch.cat([p[1][i][0] for p in parts]), torch.cat([p[1][i][1] for p in parts]))
-            for i in range(len(parts[0][1]))
-        ]
-        return Batch(seqs, self.model, kv, lengths, width, logits)
+        return Batch(seqs, self.model, [kv for _, kv in parts], lengths, width, logits)
 
 
 class SharedLayout:
@@ -173,8 +170,8 @@ class SharedLayout:
         lengths = layout.cached_lengths(prompts) if cascading else [len(p) for p in prompts]
         width = max(lengths)
         try:
-            logits, kv = self.prefill.fill(
-                prompts, width, layout, forward, self._attend if cascading else None
+            parts, order = self.prefill.fill_parts(
+                prompts, layout, forward, self._attend if cascading else None
             )
         except (torch.OutOfMemoryError, cascade.NotCascadable):
             raise
@@ -182,10 +179,14 @@ class SharedLayout:
             if cascading:
                 raise cascade.NotCascadable(f"{type(err).__name__}: {first_line(err)}") from err
             return self._turn_off(err, seqs, forward)
+        # The batch's rows in the parts' order (the decode loop keeps its own row order anyway), so
+        # each part's cache is written where it goes instead of joined and reordered first.
+        seqs, lengths = [seqs[i] for i in order], [lengths[i] for i in order]
+        logits, kv = torch.cat([logits for logits, _ in parts]), [kv for _, kv in parts]
         if not cascading:
             return Batch(seqs, self.model, kv, lengths, width, logits)
         groups, prefixes = layout.row_groups()
-        shared = cascade.Shared(prefixes, groups)
+        shared = cascade.Shared(prefixes, [groups[i] for i in order])
         return Batch(seqs, self.model, kv, lengths, width, logits, shared, self._layers)
 
     def _attend(self, groups: list[int], prefixes: list):

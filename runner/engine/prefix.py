@@ -194,7 +194,20 @@ class SharedPrefill:
         attend: Callable[[list[int], KV], AbstractContextManager] | None = None,
     ) -> tuple[torch.Tensor, KV]:
         """(logits of each prompt's last position, (keys, values) per layer [rows, heads, width, dim]),
-        rows in `prompts` order, right-aligned at `width`.
+        rows in `prompts` order, right-aligned at `width`; `fill_parts` joined."""
+        return _in_order(*self.fill_parts(prompts, layout, forward, attend), width)
+
+    def fill_parts(
+        self,
+        prompts: list[list[int]],
+        layout: Layout,
+        forward: Forward,
+        attend: Callable[[list[int], KV], AbstractContextManager] | None = None,
+    ) -> tuple[list[tuple[torch.Tensor, KV]], list[int]]:
+        """The prefill in parts: (logits, (keys, values) per layer) of consecutive rows, each part
+        left-padded to its own longest row only, and `order`, the prompt index of each row of the
+        parts in turn. The padded decode layout writes the parts into its cache where they go (no
+        joined copy); `fill` joins them in prompt order.
 
         Without `attend` (the copy path) every row's cache holds its whole prompt, the shared columns
         copied from the prefix's. With `attend(groups, prefix)`, a context in which the model's
@@ -207,11 +220,11 @@ class SharedPrefill:
             for start, stop in prefill_groups(suffixes, self.max_padding):
                 part = [prompts[r] for r in rows[start:stop]]
                 if attend is None or shared is None:
-                    parts.append(self._prefill(part, group.shared, shared, width, forward))
+                    parts.append(self._prefill(part, group.shared, shared, forward))
                 else:
-                    parts.append(self._suffixes(part, group.shared, shared, width, forward, attend))
+                    parts.append(self._suffixes(part, group.shared, shared, forward, attend))
                 order += rows[start:stop]
-        return _in_order(parts, order)
+        return parts, order
 
     def _groups(self, prompts: list[list[int]], adapter: str | None) -> list[Group]:
         """`share_groups`, and a row sharing nothing with the others of its batch alone takes what it
@@ -234,7 +247,7 @@ class SharedPrefill:
         return self.store.get(prompt[:shared], adapter, forward)
 
     def _prefill(
-        self, prompts: list[list[int]], shared: int, kv: KV | None, width: int, forward: Forward
+        self, prompts: list[list[int]], shared: int, kv: KV | None, forward: Forward
     ) -> tuple[torch.Tensor, KV]:
         """Rows (longest first) left-padded together; their first `shared` columns from `kv`."""
         cached = None
@@ -242,14 +255,15 @@ class SharedPrefill:
             shifts = [max(len(p) for p in prompts) - len(p) for p in prompts]
             self.reused += sum(max(shared - s, 0) for s in shifts)
             cached = [(shifted(keys, shifts), shifted(values, shifts)) for keys, values in kv]
+        width = max(len(p) for p in prompts)
         return prefill(self.model, forward, prompts, self.pad_id, width, skip=shared, cached=cached)
 
-    def _suffixes(self, prompts: list[list[int]], shared: int, kv: KV, width: int, forward: Forward, attend):
+    def _suffixes(self, prompts: list[list[int]], shared: int, kv: KV, forward: Forward, attend):
         """Rows of one group prefilled past their `shared` prefix, attending to it through `attend`:
-        their caches hold only the suffixes, left-padded to `width`."""
+        their caches hold only the suffixes, left-padded to the longest."""
         suffixes = [p[shared:] for p in prompts]
         with attend([0] * len(prompts), [kv]):
-            done = prefill(self.model, forward, suffixes, self.pad_id, width, offset=shared)
+            done = prefill(self.model, forward, suffixes, self.pad_id, max(map(len, suffixes)), offset=shared)
         self.reused += shared * len(prompts)
         return done
 
@@ -286,9 +300,9 @@ class Layout:
         return rows, prefixes
 
 
-def _in_order(parts: list[tuple[torch.Tensor, KV]], order: list[int]) -> tuple[torch.Tensor, KV]:
-    """The parts' logits and caches joined, their rows put back in prompt order (`order`: the prompt
-    index of each joined row)."""
+def _in_order(parts: list[tuple[torch.Tensor, KV]], order: list[int], width: int) -> tuple[torch.Tensor, KV]:
+    """The parts' logits and caches joined, each left-padded to `width` columns, their rows put back in
+    prompt order (`order`: the prompt index of each joined row)."""
     back = None
     if order != list(range(len(order))):
         back = torch.empty(len(order), dtype=torch.long)
@@ -298,9 +312,13 @@ def _in_order(parts: list[tuple[torch.Tensor, KV]], order: list[int]) -> tuple[t
         whole = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
         return whole if back is None else whole.index_select(0, back.to(whole.device))
 
+    def padded(tensor: torch.Tensor) -> torch.Tensor:
+        pad = width - tensor.shape[2]
+        return torch.nn.functional.pad(tensor, (0, 0, pad, 0)) if pad else tensor
+
     logits = joined([logits for logits, _ in parts])
     layers = [
-        (joined([kv[i][0] for _, kv in parts]), joined([kv[i][1] for _, kv in parts]))
+        (joined([padded(kv[i][0]) for _, kv in parts]), joined([padded(kv[i][1]) for _, kv in parts]))
         for i in range(len(parts[0][1]))
     ]
     return logits, layers
