@@ -89,11 +89,24 @@ def test_padded_one_prefill_for_the_whole_batch_equals_the_reference(tiny_model,
     ]
 
 
+def test_a_split_keeps_the_long_rows_in_front_and_saves_a_quarter_at_least():
+    from runner.engine.ragged import split_point
+
+    assert split_point([0, 500, 500, 500], 520) == (1, 500)  # 1 x 520 + 3 x 20 columns, not 4 x 520
+    assert split_point([0, 0, 300, 480, 500], 520) == (3, 480)  # 3 x 520 + 2 x 40: the best candidate
+    assert split_point([3, 3, 3], 10) is None  # every row starts together
+    # A short row moved in front of a long one reads every column with it: 3 x 520 + 20 saves < 25%.
+    assert split_point([500, 500, 0, 500], 520) is None
+
+
 def test_padded_stops_reading_padding_columns_once_the_longest_rows_finish(tiny_model, oracle, monkeypatch):
-    """The 744-token prompt stops after 5 tokens: from then on every decode step reads the cache (and
-    the mask) from the first column a live row uses, and every row still equals the reference."""
+    """While the 744-token prompt decodes, the other rows attend over their own columns only (the
+    decode attention split in two); once it stops (5 tokens) every decode step reads the cache and the
+    mask from the first column a live row uses; every row still equals the reference."""
+    from runner.engine import ragged
     from runner.engine.kv_cache import SlotCache
 
+    split_before = ragged.calls
     starts = []
     trim = SlotCache.trim
     monkeypatch.setattr(SlotCache, "trim", lambda self, start: (starts.append(start), trim(self, start))[1])
@@ -105,6 +118,7 @@ def test_padded_stops_reading_padding_columns_once_the_longest_rows_finish(tiny_
     longest = max(len(r.prompt_ids) for r in requests)
     second = sorted(len(r.prompt_ids) for r in requests)[-2]
     assert starts[0] == 0 and starts[-1] >= longest - second > 500
+    assert ragged.calls > split_before
     engine.close()
 
 

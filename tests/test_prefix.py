@@ -228,6 +228,26 @@ def test_cascade_rows_of_two_prefixes_and_none_keep_only_their_own_tokens_and_eq
     engine.close()
 
 
+def test_cascade_rows_sharing_nothing_split_by_length_equal_the_reference(tiny_model, tiny_llama):
+    """Two rows share a system prompt, six share nothing and one of those is far longer than the
+    rest: the six attend through the model's own SDPA, split so the short ones skip the long one's
+    columns (runner.engine.ragged), and every row equals its unbatched reference."""
+    from runner.engine import ragged
+
+    engine = padded_engine(tiny_model, max_padding=1.0)
+    long = " ".join(f"w{i}" for i in range(300))
+    texts = [SYSTEM + q for q in QUESTIONS[:2]] + [long, "unrelated", "x y z", "Hello there", "a", "b c"]
+    ids = engine.tokenize(texts)
+    limits = [6, 9, 12, 4, 8, 10, 3, 7]
+    before = (cascade.calls, ragged.calls)
+    done = engine.generate([Request(f"r{i}", p, n) for i, (p, n) in enumerate(zip(ids, limits, strict=True))])
+    assert [c.token_ids for c in done] == [
+        [reference(tiny_llama, p, n)] for p, n in zip(ids, limits, strict=True)
+    ]
+    assert cascade.calls > before[0] and ragged.calls > before[1]
+    engine.close()
+
+
 def test_a_model_whose_layers_skip_the_attention_function_copies_the_prefix_instead(
     tiny_model, tiny_llama, caplog
 ):

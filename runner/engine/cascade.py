@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from runner import compat
+from runner.engine import ragged
 from runner.engine.architecture import Architecture
 from runner.engine.paged_attention import visible
 
@@ -62,6 +63,7 @@ class Shared:
     prefixes: list[KV]
     groups: list[int]
     layers: set = field(default_factory=set)  # layer indices computed in the current forward
+    split: tuple[int, int, int] | None = None  # this decode step's row split (runner.engine.ragged)
     # (group, device, rows) -> row indices. Rows only ever leave a batch (runner.engine.layouts.Batch
     # .remove rearranges `groups`), so the row count names the current arrangement.
     _index: dict = field(default_factory=dict, repr=False)
@@ -149,7 +151,7 @@ def _cascade(shared: Shared, module, query, key, value, attention_mask, scaling,
         # copies, the fused kernel); the sharing rows' outputs are replaced below. Copying out the
         # keys of the rows that share nothing costs more than their attention (measured on CPU: a
         # batch in which 2 of 64 rows shared a prefix decoded 1.5x slower with every row here).
-        out = _plain(module, query, key, value, attention_mask, scaling, kwargs)
+        out = _plain(module, query, key, value, attention_mask, scaling, kwargs, shared.split)
     elif len(alone):
         mask = attention_mask.index_select(0, alone) if _per_row(attention_mask) else attention_mask
         pick = (t.index_select(0, alone) for t in (query, key, value))
@@ -186,11 +188,16 @@ def _per_row(mask) -> bool:
     return mask is not None and mask.dim() > 0 and mask.shape[0] > 1
 
 
-def _plain(module, query, key, value, attention_mask, scaling, kwargs: dict) -> torch.Tensor:
+def _plain(module, query, key, value, attention_mask, scaling, kwargs: dict, split=None) -> torch.Tensor:
     """The attention function the cascade wraps (transformers' SDPA), for rows that share nothing:
-    their output exactly as without prefix sharing. [rows, q, heads, dim]."""
+    their output exactly as without prefix sharing, split by rows where `split` applies
+    (runner.engine.ragged). [rows, q, heads, dim]."""
     if _wrapped is None:
         install()
+    if split is not None and ragged.applies(split, module, query, key, attention_mask, kwargs):
+        return ragged.in_two_parts(
+            _wrapped, split, module, query, key, value, attention_mask, scaling, kwargs
+        )
     return _wrapped(module, query, key, value, attention_mask, dropout=0.0, scaling=scaling, **kwargs)[0]
 
 

@@ -17,11 +17,10 @@ mask and each row's cached length; a finished row leaves by one `Batch.remove(sl
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 
 import torch
 
-from runner.engine import cascade
+from runner.engine import cascade, ragged
 from runner.engine.architecture import Architecture
 from runner.engine.batching import prefill_groups
 from runner.engine.forward import KV, Forward, prefill
@@ -77,7 +76,13 @@ class Batch:
         # given per row). Rows leave in any order, so this narrows as the longest prompts finish.
         start = self.width - max(self.lengths)
         self.cache.trim(start)
-        attending = cascade.attending(self.shared, self._layers) if self.shared is not None else nullcontext()
+        # Rows of very different lengths: the short ones need not read the long ones' columns.
+        split = ragged.split_point([self.width - length for length in self.lengths], self.columns)
+        if self.shared is not None:
+            self.shared.split = None if split is None else (rows, split[0], split[1] - start)
+            attending = cascade.attending(self.shared, self._layers)
+        else:
+            attending = ragged.splitting(split, rows, start)
         with attending:
             self.logits = forward(ids, self.mask[:rows, start : self.columns], positions, self.cache)
         return self.logits
