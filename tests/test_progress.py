@@ -78,9 +78,12 @@ def test_output_that_is_not_a_terminal_gets_lines_not_a_redrawn_bar(monkeypatch)
     progress._apply(board.snapshot())  # same phase, no rows: nothing new
     board.starting("host:1")
     progress._apply(board.snapshot())
+    clock = [1000.0]
+    monkeypatch.setattr("runner.orchestration.progress.time.monotonic", lambda: clock[0])
     board.ready("host:1", {"strategy": "padded"})
-    board.add(rows=10, errors=0, tokens=100)
+    board.add(rows=10, errors=0, tokens=100)  # produced before the poll that sees the replica ready
     progress._apply(board.snapshot())
+    clock[0] += 10
     board.add(rows=30, errors=1, tokens=300)
     progress._apply(board.snapshot())  # within the interval: no line
     progress.__exit__()
@@ -92,8 +95,10 @@ def test_output_that_is_not_a_terminal_gets_lines_not_a_redrawn_bar(monkeypatch)
         "generating",
         "generating",
     ], lines
-    assert lines[2].startswith("generating: 10% 10/100 rows [") and "rows/s" in lines[2]
+    # No rate over the instant the phase began (it would read thousands of rows/s): only once it ran.
+    assert lines[2].startswith("generating: 10% 10/100 rows [") and "/s" not in lines[2], lines[2]
     assert lines[3].startswith("generating: 40% 40/100 rows [") and "errors=1" in lines[3]
+    assert "3.0 rows/s" in lines[3] and "tok_s=30.0" in lines[3], lines[3]  # 30 rows, 300 tokens in 10 s
 
 
 def test_the_line_interval_comes_from_the_environment(monkeypatch):

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0
 LINE_INTERVAL_ENV = "RUNNER_PROGRESS_INTERVAL_S"
 LINE_INTERVAL_S = 30.0
+MIN_RATE_S = 1.0  # rates (rows/s, tok/s) are shown once their phase has run this long
 
 
 def board_name(output_path: str) -> str:
@@ -143,7 +144,8 @@ class Progress:
         self.committed = self.tokens = self.errors = 0
         self.engines: dict[str, dict] = {}
         self.started = time.monotonic()
-        self.generating_since: float | None = None  # when the first replica was ready
+        self.generating_since: float | None = None  # when the first replica was seen ready
+        self.tokens_before = 0  # tokens counted by then
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_loop, name="progress", daemon=True)
@@ -159,7 +161,8 @@ class Progress:
             self.committed += rows
             self.tokens = max(self.tokens, stats.generated_tokens)
             self.errors = max(self.errors, stats.rows_error)
-            self._show(self.committed)
+            self._count(self.committed)
+            self._show()
 
     def _poll_loop(self) -> None:
         import ray
@@ -173,15 +176,18 @@ class Progress:
 
     def _apply(self, snap: dict) -> None:
         with self._lock:
-            self._phase(snap["replicas"])
             self.tokens = max(self.tokens, snap["tokens"])
             self.errors = max(self.errors, snap["errors"])
-            self._show(snap["rows"])
+            # Rows and tokens first, then the phase: a replica seen ready in this poll may already
+            # have produced rows; they count before its phase starts, not in its first second.
+            self._count(snap["rows"])
+            self._phase(snap["replicas"])
+            self._show()
 
     def _phase(self, replicas: dict) -> None:
         ready = {label: r for label, r in replicas.items() if r.get("phase") == "ready"}
         if ready and self.generating_since is None:
-            self.generating_since = time.monotonic()
+            self.generating_since, self.tokens_before = time.monotonic(), self.tokens
         for label, r in ready.items():
             if label not in self.engines:
                 self.engines[label] = r["engine"]
@@ -198,14 +204,20 @@ class Progress:
         done = f" ({ready} ready)" if ready else ""
         return f"loading the model on replica {max(loading)}/{self.replicas}{done}"
 
-    def _show(self, live_rows: int) -> None:
+    def _count(self, live_rows: int) -> None:
         rows = min(self.total, max(self.committed, live_rows))
         if rows > self.bar.n:
             self.bar.update(rows - self.bar.n)
-        # Tokens/s since the first replica was ready: Ray's start and the model load are not generation.
-        since = self.generating_since if self.generating_since is not None else self.started
-        elapsed = max(time.monotonic() - since, 1e-9)
-        self.bar.set_postfix(tok_s=f"{self.tokens / elapsed:.1f}", errors=self.errors, refresh=False)
+
+    def _show(self) -> None:
+        # Tokens/s since the first replica was seen ready (Ray's start and the model load are not
+        # generation), over at least MIN_RATE_S: a rate over a fraction of a second is noise.
+        figures = {"errors": self.errors}
+        if self.generating_since is not None:
+            elapsed = time.monotonic() - self.generating_since
+            if elapsed >= MIN_RATE_S:
+                figures["tok_s"] = f"{(self.tokens - self.tokens_before) / elapsed:.1f}"
+        self.bar.set_postfix(**figures, refresh=False)
         self.bar.refresh()
 
     def engine_summary(self) -> dict | list | None:
@@ -307,7 +319,7 @@ class Lines:
         share = f"{100 * self.n // self.total}% " if self.total else ""
         figures = [_clock(now - self.started)]
         since, before = self._phase_start
-        if self.n > before and now > since:
+        if self.n > before and now - since >= MIN_RATE_S:
             rate = (self.n - before) / (now - since)
             figures.append(f"{rate:.1f} rows/s")
             if self.n < self.total:
