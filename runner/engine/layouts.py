@@ -77,12 +77,12 @@ class Batch:
         start = self.width - max(self.lengths)
         self.cache.trim(start)
         # Rows of very different lengths: the short ones need not read the long ones' columns.
-        split = ragged.split_point([self.width - length for length in self.lengths], self.columns)
+        split = ragged.split([self.width - length for length in self.lengths], self.columns, start)
         if self.shared is not None:
-            self.shared.split = None if split is None else (rows, split[0], split[1] - start)
+            self.shared.split = split
             attending = cascade.attending(self.shared, self._layers)
         else:
-            attending = ragged.splitting(split, rows, start)
+            attending = ragged.splitting(split)
         with attending:
             self.logits = forward(ids, self.mask[:rows, start : self.columns], positions, self.cache)
         return self.logits

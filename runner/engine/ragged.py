@@ -15,10 +15,10 @@ row into a finished row's slot, so the long rows (placed first) stay at the fron
 the split keeps paying as rows finish.
 
 `split_point` chooses the split from each row's first column (or none, where it saves too little);
-`splitting` runs a forward with it (the plain padded layout); the cascade attention of a batch
-sharing a prefix (runner.engine.cascade) uses `in_two_parts` for its rows' own keys. Only layers that
-call transformers' "sdpa" attention function with no position bias are split; any other call passes
-through unchanged.
+`split` gives it in the form the attention calls take; `splitting` runs a forward with it (the
+plain padded layout), and the cascade attention of a batch sharing a prefix (runner.engine.cascade)
+uses `in_two_parts` for its rows' own keys. Only layers that call transformers' "sdpa" attention
+function with no position bias are split; any other call passes through unchanged.
 """
 
 from __future__ import annotations
@@ -62,15 +62,22 @@ def split_point(firsts: list[int], columns: int) -> tuple[int, int] | None:
     return choice
 
 
+def split(firsts: list[int], columns: int, start: int) -> tuple[int, int, int] | None:
+    """This decode step's split as the attention calls take it: (rows, split row, split column
+    counted in the cache's view, which starts at column `start`), or None (`split_point`)."""
+    point = split_point(firsts, columns)
+    return None if point is None else (len(firsts), point[0], point[1] - start)
+
+
 @contextmanager
-def splitting(point: tuple[int, int] | None, rows: int, start: int):
-    """Run the forwards on this thread with decode attention split at `point` (a `split_point` in
-    cache columns; `start`: the first column the cache shows). None: nothing changes."""
-    if point is None:
+def splitting(step_split: tuple[int, int, int] | None):
+    """Run the forwards on this thread with decode attention split as `step_split` (`split`) says.
+    None: nothing changes."""
+    if step_split is None:
         yield
         return
     install()
-    _local.split = (rows, point[0], point[1] - start)
+    _local.split = step_split
     try:
         yield
     finally:

@@ -143,7 +143,6 @@ class Progress:
             self.bar = Lines(total, self._loading(0), out, line_interval())
         self.committed = self.tokens = self.errors = 0
         self.engines: dict[str, dict] = {}
-        self.started = time.monotonic()
         self.generating_since: float | None = None  # when the first replica was seen ready
         self.tokens_before = 0  # tokens counted by then
         self._lock = threading.Lock()
